@@ -1,0 +1,224 @@
+"""DaliLoader: a plain iterable of ``(images, labels)`` torch batches for one rank, one epoch at a time.
+
+Each ``__iter__`` builds a fresh DALI pipeline over this rank's files for the current epoch, in the order
+that ``pipeline.sharding`` fixes, and releases it (threads and buffers) when the epoch ends, when the
+loop breaks out early, or when the next epoch starts.
+
+Resume: ``set_epoch(e, start_batch=s)`` makes the next epoch read batch ``s`` onwards of epoch ``e``'s
+order, by slicing the file list (nothing is decoded and thrown away), so a resumed run sees exactly the
+samples the interrupted run would have seen. The *augmentation* draws (crops, flips) after a mid-epoch
+resume differ from the uninterrupted run's, because the DALI seed mixes in ``start_batch`` and DALI's
+random state is not saved; a bitwise-identical resume is future work.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterator
+
+import torch
+
+from .folder import FolderIndex
+from .sharding import augmentation_seed, batches_per_epoch, epoch_indices, train_batches_per_rank
+
+try:
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    from .graphs import Recipe, build_pipeline
+except ImportError as err:  # `import pipeline` still works; building a loader says what to install
+    _DALI_IMPORT_ERROR: ImportError | None = err
+else:
+    _DALI_IMPORT_ERROR = None
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class DaliLoader:
+    """Batches of float32 NCHW normalized images and int64 labels from a FolderIndex, for one rank."""
+
+    def __init__(
+        self,
+        index: FolderIndex,
+        *,
+        train: bool,
+        batch_size: int,
+        image_size: int,
+        num_shards: int = 1,
+        shard_id: int = 0,
+        seed: int = 0,
+        device: str = "auto",  # DALI mode: "gpu" (mixed decoders), "cpu", or "auto" = gpu if CUDA is available
+        device_id: int | None = None,  # CUDA device of gpu mode (the local rank); None: the current device
+        target_device: torch.device | str = "cpu",  # where yielded tensors live
+        num_threads: int = 2,
+        hw_decoder_load: float = 0.65,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        val_resize_ratio: float = 0.875,
+        prefetch: int = 2,
+    ):
+        _check_args(len(index.files), batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch)
+        if not 0.0 < val_resize_ratio <= 1.0:
+            raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
+        if not 0.0 <= hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
+        self.gpu = _use_gpu(device)  # checks the device string and CUDA before DALI is needed
+        if _DALI_IMPORT_ERROR is not None:
+            raise ImportError(
+                f"NVIDIA DALI is needed for DaliLoader ({_DALI_IMPORT_ERROR}); "
+                "install it: pip install nvidia-dali-cuda130 (CUDA 12: nvidia-dali-cuda120)"
+            )
+        if train and train_batches_per_rank(len(index.files), batch_size, num_shards) == 0:
+            raise ValueError(
+                f"train set too small: {len(index.files)} images over {num_shards} shard(s) "
+                f"give no full batch of {batch_size}; lower the batch size"
+            )
+        self.index = index
+        self.train = train
+        self.batch_size = batch_size
+        self.num_shards = num_shards
+        self.shard_id = shard_id
+        self.seed = seed
+        self.device_id = (device_id if device_id is not None else torch.cuda.current_device()) if self.gpu else None
+        self.target_device = torch.device(target_device)
+        self.num_threads = num_threads
+        self.hw_decoder_load = hw_decoder_load
+        self.prefetch = prefetch
+        self.recipe = Recipe(
+            train=train,
+            image_size=image_size,
+            crop_scale=tuple(crop_scale),
+            crop_ratio=tuple(crop_ratio),
+            hflip=hflip,
+            mean=tuple(mean),
+            std=tuple(std),
+            val_resize_ratio=val_resize_ratio,
+        )
+        self.epoch = 0
+        self.start_batch = 0  # applies to the next __iter__ only, then back to 0
+        self._running: weakref.ref | None = None  # the epoch being iterated, closed when the next starts
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch on this rank (also after ``set_epoch(e, start_batch=s)``)."""
+        return batches_per_epoch(
+            len(self.index.files),
+            train=self.train,
+            batch_size=self.batch_size,
+            num_shards=self.num_shards,
+            shard_id=self.shard_id,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next ``__iter__`` yields epoch ``epoch`` from batch ``start_batch`` (0 ≤ start_batch ≤ len).
+
+        The epoch sticks until changed (like DistributedSampler); ``start_batch`` is used by one pass only.
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch: ``(images [B,3,S,S] float32, labels [B] int64)`` on ``target_device``."""
+        previous = self._running() if self._running is not None else None
+        if previous is not None:
+            previous.close()  # one live DALI pipeline per loader
+        start, self.start_batch = self.start_batch, 0
+        order = self._indices()[start * self.batch_size :]
+        if len(order) == 0:  # resumed at the very end, or a val shard with no files
+            return iter(())
+        pipe = build_pipeline(
+            [self.index.files[i] for i in order],
+            [self.index.labels[i] for i in order],
+            self.recipe,
+            gpu=self.gpu,
+            device_id=self.device_id,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            seed=augmentation_seed(self.seed, self.shard_id, self.epoch, start),
+            prefetch=self.prefetch,
+            hw_decoder_load=self.hw_decoder_load,
+        )
+        epoch = _Epoch(pipe, self.target_device)
+        self._running = weakref.ref(epoch)
+        return epoch
+
+    def _indices(self):
+        return epoch_indices(
+            len(self.index.files),
+            train=self.train,
+            batch_size=self.batch_size,
+            num_shards=self.num_shards,
+            shard_id=self.shard_id,
+            seed=self.seed,
+            epoch=self.epoch,
+        )
+
+
+class _Epoch:
+    """Iterator over one epoch's batches; ``close()`` (or being dropped) shuts its DALI pipeline down."""
+
+    def __init__(self, pipe, target_device: torch.device):
+        # Every file list holds exactly the samples to yield, so PARTIAL only trims a short last val batch.
+        self._dali = DALIGenericIterator(
+            pipe,
+            ["images", "labels"],
+            reader_name="Reader",
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=False,
+        )
+        self._pipe = pipe
+        self._target = target_device
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._dali is None:
+            raise StopIteration
+        try:
+            batch = next(self._dali)[0]
+        except StopIteration:
+            self.close()
+            raise
+        images, labels = batch["images"], batch["labels"].squeeze(-1).long()  # DALI labels: int32 [B, 1]
+        non_blocking = self._target.type == "cuda"
+        return images.to(self._target, non_blocking=non_blocking), labels.to(self._target, non_blocking=non_blocking)
+
+    def close(self) -> None:
+        """Stop the pipeline and free its threads and buffers; later ``next()`` calls raise StopIteration."""
+        if getattr(self, "_dali", None) is None:  # closed, or __init__ failed
+            return
+        pipe, self._dali, self._pipe = self._pipe, None, None
+        shutdown = getattr(pipe, "_shutdown", None)  # what Pipeline.__del__ calls; explicit in case
+        if shutdown is not None:  # something (a traceback, a debugger) still holds the pipeline
+            shutdown()
+
+    def __del__(self):
+        self.close()
+
+
+def _use_gpu(device: str) -> bool:
+    if device not in DEVICES:
+        raise ValueError(f"data.dali_device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("data.dali_device=gpu but CUDA is not available")
+    return device == "gpu" or (device == "auto" and torch.cuda.is_available())
+
+
+def _check_args(num_files, batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch) -> None:
+    if num_files == 0:
+        raise ValueError("DaliLoader needs at least one file, the index is empty")
+    for name, value in [("batch_size", batch_size), ("image_size", image_size), ("num_shards", num_shards),
+                        ("num_threads", num_threads), ("prefetch", prefetch)]:  # fmt: skip
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")

@@ -1,0 +1,86 @@
+"""Build the DALI graph for one epoch: read the given files in the given order, decode, augment, normalize.
+
+Train: decode a random-area crop (RandomResizedCrop semantics) → resize to S×S → random flip → normalize.
+Val:   decode → resize the shorter side to round(S / val_resize_ratio) → center crop S×S → normalize.
+GPU mode decodes with ``device="mixed"`` (nvJPEG + the hardware decoder) and runs the rest on the GPU;
+CPU mode (pipeline ``device_id=None``) runs every operator on the CPU. Both give float32 NCHW images
+and int32 labels of shape [B, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nvidia.dali import Pipeline, fn, types
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What happens to each image; the same in GPU and CPU mode."""
+
+    train: bool
+    image_size: int
+    crop_scale: tuple[float, float]  # RandomResizedCrop area range, fraction of the image
+    crop_ratio: tuple[float, float]  # RandomResizedCrop aspect-ratio range (width / height)
+    hflip: bool
+    mean: tuple[float, float, float]  # per RGB channel, 0..1 units like torchvision
+    std: tuple[float, float, float]
+    val_resize_ratio: float  # val: crop size / shorter side after resize (0.875 → 224 from 256)
+
+
+def build_pipeline(
+    files: list[str],
+    labels: list[int],
+    recipe: Recipe,
+    *,
+    gpu: bool,
+    device_id: int | None,
+    batch_size: int,
+    num_threads: int,
+    seed: int,
+    prefetch: int,
+    hw_decoder_load: float,
+) -> Pipeline:
+    """A DALI pipeline that reads ``files`` once through in exactly this order (no DALI-side shuffling)."""
+    pipe = Pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if gpu else None,  # None: CPU-only pipeline, no CUDA needed
+        seed=seed,
+        prefetch_queue_depth=prefetch,
+    )
+    decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
+    decoder_args = {"device": decoder_device, "output_type": types.RGB}  # RGB: grayscale becomes 3 channels
+    if gpu:
+        decoder_args["hw_decoder_load"] = hw_decoder_load
+    size = recipe.image_size
+
+    with pipe:
+        jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="Reader")
+        if recipe.train:
+            images = fn.decoders.image_random_crop(
+                jpegs,
+                random_area=list(recipe.crop_scale),
+                random_aspect_ratio=list(recipe.crop_ratio),
+                **decoder_args,
+            )
+            images = fn.resize(images, device=op_device, resize_x=size, resize_y=size)
+            mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
+            crop = None  # already S×S
+        else:
+            images = fn.decoders.image(jpegs, **decoder_args)
+            images = fn.resize(images, device=op_device, resize_shorter=round(size / recipe.val_resize_ratio))
+            mirror = 0
+            crop = (size, size)  # centered: crop_pos_x = crop_pos_y = 0.5 by default
+        images = fn.crop_mirror_normalize(
+            images,
+            device=op_device,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            crop=crop,
+            mirror=mirror,
+            mean=[255.0 * m for m in recipe.mean],  # DALI works in 0..255 pixel units
+            std=[255.0 * s for s in recipe.std],
+        )
+        pipe.set_outputs(images, label)
+    return pipe
