@@ -1,0 +1,258 @@
+"""Selectors: from a batch (images, labels) and the student to the rows the teacher and student see.
+
+One `Selector` per method (SPEC §2: KD, Random+KD, UNIX). Each owns a seeded numpy Generator that
+draws λ, the partner permutation and random subsets on the host, so the tensor math stays pure
+(selection/unix.py) and `state_dict()` resumes the draws exactly. A new method is one small class
+with `@register("name")`; `build_selector` passes it the options its `__init__` names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .uncertainty import check_criterion
+from .unix import unix_mix
+
+SCORE_MODES = ("train", "eval")
+
+Student = Callable[[Tensor], Tensor]  # images [N, ...] -> logits [N, classes]
+
+
+@dataclass
+class Selection:
+    """The rows to distil on, and what the optional CE and the cost ledger need about them."""
+
+    x: Tensor                 # [k, ...] rows for teacher + student
+    y: Tensor | None          # [k] labels of the base images (None if labels not given)
+    y_partner: Tensor | None  # [k] labels of the partners (None when not mixed)
+    m: Tensor | None          # [k] partner weights (None when not mixed); CE = (1-m)CE(y)+m CE(y_partner)
+    index: Tensor             # [k] batch row of each base image (for sampling analytics)
+    scored: int               # images the no-grad scoring forward ran on (N for unix, 0 for kd/random)
+
+
+# ---- option checks: one-line ValueErrors that name the key and what is allowed ----
+
+def check_k(k) -> None:
+    """k is an int count >= 1 or a float fraction in (0, 1] (the batch size is not known yet)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise ValueError(f"selection.k={k!r} must be an int count >= 1 or a float fraction in (0, 1]")
+    if isinstance(k, numbers.Integral):
+        if k < 1:
+            raise ValueError(f"selection.k={k} must be at least 1 (or a fraction in (0, 1])")
+    elif not 0 < k <= 1:
+        raise ValueError(f"selection.k={k} must be a fraction in (0, 1] (or an int count >= 1)")
+
+
+def resolve_k(k, N: int) -> int:
+    """Rows to keep from a batch of N: an int count 1 <= k <= N, or a float fraction -> max(1, round(k·N)).
+
+    Note 1 (int) is one row while 1.0 (float) is all N rows; round() is Python's (half to even).
+    """
+    check_k(k)
+    if isinstance(k, numbers.Integral):
+        if k > N:
+            raise ValueError(f"selection.k={k} must be at most the batch size N={N} (or a fraction in (0, 1])")
+        return int(k)
+    return max(1, int(round(k * N)))
+
+
+def check_b(b) -> None:
+    """b is None (N // 2), an int count >= 0 or a float fraction in (0, 1)."""
+    if b is None:
+        return
+    if isinstance(b, bool) or not isinstance(b, numbers.Real):
+        raise ValueError(f"selection.b={b!r} must be None (N // 2), an int count >= 0 or a fraction in (0, 1)")
+    if isinstance(b, numbers.Integral):
+        if b < 0:
+            raise ValueError(f"selection.b={b} must be at least 0 (or None, or a fraction in (0, 1))")
+    elif not 0 < b < 1:
+        raise ValueError(f"selection.b={b} must be a fraction in (0, 1) (or None, or an int count >= 0)")
+
+
+def resolve_b(b, N: int) -> int:
+    """Images mixed with c_r < 0.5 in a batch of N: None -> N // 2, a count <= N, or round(b·N)."""
+    check_b(b)
+    if b is None:
+        return N // 2
+    if isinstance(b, numbers.Integral):
+        if b > N:
+            raise ValueError(f"selection.b={b} must be at most the batch size N={N} (or a fraction in (0, 1))")
+        return int(b)
+    return int(round(b * N))
+
+
+def check_positive(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
+        raise ValueError(f"selection.{key}={value!r} must be a finite number > 0")
+
+
+def check_score_mode(score_mode: str) -> None:
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"selection.score_mode={score_mode!r} is not one of {', '.join(SCORE_MODES)}")
+
+
+# ---- the scoring forward (SPEC §2 step 1) ----
+
+def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor:
+    """Student logits on all N images, no grad, as float32 [N, classes].
+
+    score_mode="train" (the authors' default): BatchNorm uses batch statistics (and, like theirs,
+    updates its running stats). "eval": running statistics. If the student is an nn.Module in the
+    other mode, it is switched for this forward only, and every submodule's flag is restored after.
+    A plain callable is called as it is.
+    """
+    check_score_mode(score_mode)
+    train = score_mode == "train"
+    saved = []
+    if isinstance(student, torch.nn.Module) and student.training != train:
+        saved = [(module, module.training) for module in student.modules()]
+        student.train(train)
+    try:
+        with torch.no_grad():
+            logits = student(images)
+    finally:
+        if saved:
+            student.train(saved[0][1])
+            for module, was_training in saved:  # submodules that were in their own mode (frozen BN)
+                module.training = was_training
+    return logits.float()
+
+
+# ---- selectors ----
+
+SELECTORS: dict[str, type[Selector]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a Selector available to build_selector(name)."""
+
+    def add(cls: type[Selector]) -> type[Selector]:
+        cls.name = name
+        SELECTORS[name] = cls
+        return cls
+
+    return add
+
+
+class Selector:
+    """Turns (images [N, ...], labels [N] or None, student) into a Selection; owns its RNG."""
+
+    name = "base"
+
+    def __init__(self, *, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def select(self, images: Tensor, labels: Tensor | None, student: Student) -> Selection:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The RNG state (plain dict of str/int; torch.save(weights_only) and JSON safe)."""
+        return {"method": self.name, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume the draws: the next λ/perm/subset equal those of an uninterrupted selector."""
+        if state.get("method") != self.name:
+            raise ValueError(f"selector state is for method {state.get('method')!r}, not {self.name!r}")
+        self.rng.bit_generator.state = state["rng"]
+
+    def __repr__(self) -> str:
+        options = {k: v for k, v in vars(self).items() if k != "rng"}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+
+    def _device_index(self, index: np.ndarray, images: Tensor) -> Tensor:
+        return torch.as_tensor(index, device=images.device)  # host -> device copy, no sync on results
+
+    @staticmethod
+    def _clean(images: Tensor, labels: Tensor | None, index: Tensor) -> Selection:
+        y = None if labels is None else labels[index]
+        return Selection(x=images[index], y=y, y_partner=None, m=None, index=index, scored=0)
+
+
+@register("kd")
+class KDSelector(Selector):
+    """Conventional KD: all N rows as they are, no scoring forward, no RNG draws."""
+
+    def select(self, images, labels, student):
+        index = torch.arange(images.shape[0], device=images.device)
+        return Selection(x=images, y=labels, y_partner=None, m=None, index=index, scored=0)
+
+
+@register("random")
+class RandomSelector(Selector):
+    """Random+KD: k random rows, clean, no scoring forward. Indices sorted (batch order)."""
+
+    def __init__(self, k, *, seed: int = 0):
+        super().__init__(seed=seed)
+        check_k(k)
+        self.k = k
+
+    def select(self, images, labels, student):
+        N = images.shape[0]
+        k = resolve_k(self.k, N)
+        index = np.sort(self.rng.permutation(N)[:k])
+        return self._clean(images, labels, self._device_index(index, images))
+
+
+@register("unix")
+class UnixSelector(Selector):
+    """UNIX (SPEC §2 steps 1-8): score all N, sort by uncertainty, mix with a random partner, keep k."""
+
+    def __init__(self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy",
+                 score_mode: str = "train", *, seed: int = 0):
+        super().__init__(seed=seed)
+        check_k(k)
+        check_positive("alpha", alpha)
+        check_positive("w", w)
+        check_b(b)
+        check_criterion(criterion)
+        check_score_mode(score_mode)
+        self.k, self.alpha, self.w, self.b = k, alpha, w, b
+        self.criterion, self.score_mode = criterion, score_mode
+
+    def select(self, images, labels, student):
+        N = images.shape[0]
+        k, b = resolve_k(self.k, N), resolve_b(self.b, N)
+        logits = score(student, images, self.score_mode)                    # step 1
+        lam = float(self.rng.beta(self.alpha, self.alpha))                  # step 5: one λ per step
+        perm = self._device_index(self.rng.permutation(N), images)          # step 4: original batch
+        mix = unix_mix(images, logits, k=k, lam=lam, perm=perm,             # steps 2-3, 6-8
+                       w=self.w, b=b, criterion=self.criterion)
+        y = y_partner = None
+        if labels is not None:
+            y, y_partner = labels[mix.rank], labels[mix.partner]
+        return Selection(x=mix.x, y=y, y_partner=y_partner, m=mix.m, index=mix.rank, scored=N)
+
+
+METHODS = tuple(SELECTORS)
+
+
+def build_selector(method: str, *, k=None, alpha: float = 1.0, w: float = 10.0, b=None,
+                   criterion: str = "entropy", score_mode: str = "train", seed: int = 0) -> Selector:
+    """The selector for `method` (one of METHODS), given the options it uses (the rest are checked, unused).
+
+    k: int count or float fraction of each batch; b: None (N // 2), int count or fraction in (0, 1).
+    """
+    if method not in SELECTORS:
+        raise ValueError(f"selection.method={method!r} is not one of {', '.join(SELECTORS)}")
+    if k is not None:
+        check_k(k)
+    check_positive("alpha", alpha)
+    check_positive("w", w)
+    check_b(b)
+    check_criterion(criterion)
+    check_score_mode(score_mode)
+    cls = SELECTORS[method]
+    options = dict(k=k, alpha=alpha, w=w, b=b, criterion=criterion, score_mode=score_mode, seed=seed)
+    params = inspect.signature(cls.__init__).parameters
+    for name, param in params.items():
+        if param.default is inspect.Parameter.empty and options.get(name, ...) is None:
+            raise ValueError(f"selection.{name} is required for method {method!r}")
+    return cls(**{name: value for name, value in options.items() if name in params})
