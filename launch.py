@@ -1,0 +1,118 @@
+"""unixkd's one entry point.
+
+    python launch.py train   --config configs/demo.yaml [key=value ...]
+    python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
+    python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
+    accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
+
+A mistake in the command line or the config is one line on stderr and exit code 2 (UNIXKD_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in [("train", "train one run (distillation, or plain CE with selection.method=none)"),
+                        ("compare", "distil the same student with several methods and print one table"),
+                        ("eval", "evaluate a student checkpoint on the val split")]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", required=True, help="YAML file in configs/")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selection.k=0.75")
+        if name == "compare":
+            p.add_argument("--methods", default="kd,random,unix", help="comma-separated selection.method values")
+    args = parser.parse_args(argv)
+
+    from training.config import ConfigError
+    from training.models import ModelError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ModelError, ValueError, FileNotFoundError, ImportError) as e:
+        if os.environ.get("UNIXKD_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args) -> int:
+    from training.config import load_config
+    from training.recipes import ensure_teacher
+    from training.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    teacher_run = ensure_teacher(cfg)
+    summary = train(cfg)
+    if summary is not None and _is_main():
+        wall = time.perf_counter() - t0
+        if teacher_run is not None:
+            print(f"teacher ({cfg.model.teacher}) trained here: top-1 {teacher_run['top1']:.2f}%")
+        if "teacher_top1" in summary:
+            print(f"teacher {cfg.model.teacher}: top-1 {summary['teacher_top1']:.2f}%")
+        print(f"student {cfg.model.student} ({cfg.selection.method}): top-1 {summary['top1']:.2f}%  "
+              f"top-5 {summary['top5']:.2f}%")
+        print(f"cost: {summary['cost_fraction']:.4f} of conventional KD's FLOPs on the same {summary['step']} "
+              f"steps (teacher saw {summary['teacher_images']} images)  wall-clock {wall:.1f} s")
+        print(f"outputs: {cfg.out_dir}/metrics.jsonl, {cfg.out_dir}/final/")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from training.config import ConfigError, load_config
+    from training.recipes import format_table, run_methods
+
+    cfg = load_config(args.config, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from training.config import CHOICES
+
+    bad = [m for m in methods if m not in CHOICES["selection.method"] or m == "none"]
+    if not methods or bad:
+        raise ConfigError(f"--methods: unknown method(s) {bad or methods}; "
+                          f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}")
+    rows = run_methods(cfg, methods)
+    if _is_main():
+        print(format_table(rows))
+        with open(os.path.join(cfg.out_dir, "compare.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from training.config import ConfigError, load_config
+    from training.data import build_data
+    from training.evaluate import evaluate
+    from training.models import create_model
+    from training.trainer import make_accelerator
+
+    overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
+    ckpts = [o.split("=", 1)[1] for o in args.overrides if o.startswith("checkpoint=")]
+    if len(ckpts) != 1 or not ckpts[0]:
+        raise ConfigError("eval needs exactly one checkpoint=<path to the student's model.safetensors>")
+    cfg = load_config(args.config, overrides)
+    accelerator = make_accelerator(cfg)
+    data = build_data(cfg, accelerator)
+    model = create_model(cfg.model.student, cfg.model.num_classes or len(data.classes), checkpoint=ckpts[0])
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    result = evaluate(model, data.val, accelerator)
+    if _is_main():
+        print(json.dumps({"checkpoint": ckpts[0], "model": cfg.model.student, **result}))
+    return 0
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared fixtures: the embedded digits set and a small teacher checkpoint, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    from pipeline import ensure_digits_dataset
+
+    return Path(ensure_digits_dataset(tmp_path_factory.mktemp("data") / "digits", image_size=32))
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A randomly initialised timm `test_resnet` with a 10-class head, saved as safetensors."""
+    from safetensors.torch import save_file
+
+    from training.models import create_model
+
+    torch.manual_seed(123)
+    model = create_model("test_resnet", 10)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

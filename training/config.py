@@ -1,0 +1,347 @@
+"""Typed run configuration: nested dataclasses loaded from YAML, with dotted `key=value` overrides.
+
+Every mistake a user can make in a config (an unknown key, a wrong type, an out-of-range value) becomes one
+`ConfigError` line that names the key and what is allowed; `launch.py` prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, worded as one line that names the key."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "folder"  # "folder": <root>/{train,val}/<class>/*.jpg; "digits": the embedded demo set
+    root: str = ""
+    image_size: int = 224
+    batch_size: int = 256  # N, per process
+    val_batch_size: int = 0  # 0: same as batch_size
+    num_threads: int = 4  # DALI worker threads per process
+    dali_device: str = "auto"  # auto | cpu | gpu
+    hw_decoder_load: float = 0.65  # share of JPEGs sent to the hardware decoder (A100/H100)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: bool = True
+    val_resize_ratio: float = 0.875
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "tv/resnet18"
+    student: str = "tv/shufflenet_v2_x0_5"
+    teacher_checkpoint: str = ""  # local state dict / timm or torchvision checkpoint
+    pretrained_teacher: bool = False  # timm's own pretrained weights (needs network)
+    num_classes: int = 0  # 0: the number of class folders in the training set
+
+
+@dataclass
+class TeacherTrainConfig:
+    """Demo only: train the teacher with plain CE when `model.teacher_checkpoint` does not exist yet."""
+
+    train_if_missing: bool = False
+    epochs: int = 10
+    lr: float = 0.1
+
+
+@dataclass
+class SelectionConfig:
+    method: str = "unix"  # none (plain CE, no teacher) | kd | random | unix
+    k: Union[int, float] = 0.75  # count of the N images, or a fraction of N
+    alpha: float = 0.2  # lam ~ Beta(alpha, alpha)
+    w: float = 10.0  # correction-factor slope
+    b: Union[int, float, None] = None  # how many images get c < 0.5; None: N // 2
+    criterion: str = "entropy"  # entropy | confidence | margin
+    score_mode: str = "train"  # BatchNorm mode of the scoring forward: train (authors) | eval
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0  # label-free by default; CIFAR "+label" 0.1/0.9, ImageNet "+label" 1.0/0.9
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [30, 60])  # epochs, for "step"
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90
+    max_steps: int = 0  # 0: no limit; otherwise stop after this many steps (smoke runs)
+    log_every: int = 50  # steps between metrics.jsonl rows (each costs one host-device sync)
+    eval_every: int = 1  # epochs between evaluations; 0: only at the end
+    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    resume: str = "none"  # auto | none | path to a checkpoint folder
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.dataset": ("folder", "digits"),
+    "data.dali_device": ("auto", "cpu", "gpu"),
+    "selection.method": ("none", "kd", "random", "unix"),
+    "selection.criterion": ("entropy", "confidence", "margin"),
+    "selection.score_mode": ("train", "eval"),
+    "optim.schedule": ("step", "cosine", "constant"),
+    "mixed_precision": ("no", "bf16", "fp16"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Config from defaults <- YAML file <- `key=value` overrides, then validated."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of keys at the top level")
+    cfg = _build(Config, raw, prefix="")
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one dotted `key=value` override in place; the value is parsed as YAML (`k=0.75`, `hflip=false`)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. selection.k=0.75)")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    *parents, leaf = key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parents):
+        if not dataclasses.is_dataclass(node) or part not in _field_types(type(node)):
+            raise ConfigError(f"unknown config key '{key}'" + _suggest(node, part))
+        node = getattr(node, part)
+    types_ = _field_types(type(node)) if dataclasses.is_dataclass(node) else {}
+    if leaf not in types_:
+        raise ConfigError(f"unknown config key '{key}'" + _suggest(node, leaf))
+    if dataclasses.is_dataclass(types_[leaf]):
+        raise ConfigError(f"config key '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    if types_[leaf] is str and not isinstance(value, str):
+        value = text.strip()  # YAML 1.1 reads `no`/`off` as false: a string key takes the text as written
+    setattr(node, leaf, _coerce(value, types_[leaf], key))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _suggest(node, name: str) -> str:
+    if not dataclasses.is_dataclass(node):
+        return ""
+    import difflib
+
+    known = list(_field_types(type(node)))
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known here: {', '.join(known)})"
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping of keys")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        key = prefix + str(name)
+        if name not in types_:
+            raise ConfigError(f"unknown config key '{key}'" + _suggest(cls(), str(name)))
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(value, tp, key: str):
+    """Check (and lightly convert: int -> float) one value against its annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):  # first matching member wins: int before float for k and b
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):  # PyYAML reads 1e-4 as a string
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# validation: ranges and choices, one line each
+
+
+def validate(cfg: Config) -> None:
+    def need(ok: bool, key: str, allowed: str, value) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+    flat = _flatten(to_dict(cfg))
+    for key, choices in CHOICES.items():
+        need(flat[key] in choices, key, "one of " + ", ".join(choices), flat[key])
+
+    d, s, o, t, m = cfg.data, cfg.selection, cfg.optim, cfg.train, cfg.model
+    need(d.dataset == "digits" or bool(d.root), "data.root", "the dataset folder (with train/ and val/)", d.root)
+    need(d.image_size >= 8, "data.image_size", ">= 8", d.image_size)
+    need(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
+    need(d.val_batch_size >= 0, "data.val_batch_size", ">= 0 (0: same as data.batch_size)", d.val_batch_size)
+    need(d.num_threads >= 1, "data.num_threads", ">= 1", d.num_threads)
+    need(0.0 <= d.hw_decoder_load <= 1.0, "data.hw_decoder_load", "in [0, 1]", d.hw_decoder_load)
+    need(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale",
+         "[min, max] with 0 < min <= max <= 1", d.crop_scale)
+    need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
+         "[min, max] with 0 < min <= max", d.crop_ratio)
+    need(0 < d.val_resize_ratio <= 1, "data.val_resize_ratio", "in (0, 1]", d.val_resize_ratio)
+
+    need(bool(m.student), "model.student", "a timm model name or tv/<torchvision name>", m.student)
+    need(s.method == "none" or bool(m.teacher), "model.teacher", "a timm model name or tv/<torchvision name>",
+         m.teacher)
+    need(s.method == "none" or bool(m.teacher_checkpoint) or m.pretrained_teacher, "model.teacher_checkpoint",
+         "a local weights file (or model.pretrained_teacher=true): a random teacher teaches nothing",
+         m.teacher_checkpoint)
+    need(m.num_classes >= 0, "model.num_classes", ">= 0 (0: from the dataset)", m.num_classes)
+
+    if isinstance(s.k, float):
+        need(0 < s.k <= 1, "selection.k", "a count in [1, data.batch_size] or a fraction in (0, 1]", s.k)
+    else:
+        need(1 <= s.k <= d.batch_size, "selection.k",
+             f"a count in [1, data.batch_size={d.batch_size}] or a fraction in (0, 1]", s.k)
+    need(s.alpha > 0, "selection.alpha", "> 0", s.alpha)
+    need(s.w > 0, "selection.w", "> 0", s.w)
+    if isinstance(s.b, float):
+        need(0 < s.b < 1, "selection.b", "a count in [0, N], a fraction in (0, 1), or null", s.b)
+    elif s.b is not None:
+        need(0 <= s.b <= d.batch_size, "selection.b", f"a count in [0, data.batch_size={d.batch_size}]", s.b)
+
+    need(cfg.loss.temperature > 0, "loss.temperature", "> 0", cfg.loss.temperature)
+    need(cfg.loss.kd_weight >= 0, "loss.kd_weight", ">= 0", cfg.loss.kd_weight)
+    need(cfg.loss.ce_weight >= 0, "loss.ce_weight", ">= 0", cfg.loss.ce_weight)
+    need(s.method == "none" or cfg.loss.kd_weight + cfg.loss.ce_weight > 0, "loss.kd_weight",
+         "> 0 (or loss.ce_weight > 0)", cfg.loss.kd_weight)
+    need(s.method != "none" or cfg.loss.ce_weight > 0, "loss.ce_weight",
+         "> 0 when selection.method=none (plain CE training)", cfg.loss.ce_weight)
+
+    need(o.lr > 0, "optim.lr", "> 0", o.lr)
+    need(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    need(not o.nesterov or o.momentum > 0, "optim.nesterov", "false when optim.momentum is 0", o.nesterov)
+    need(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    need(0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
+    need(o.warmup_epochs >= 0, "optim.warmup_epochs", ">= 0", o.warmup_epochs)
+    need(all(x > 0 for x in o.milestones) and o.milestones == sorted(o.milestones), "optim.milestones",
+         "increasing positive epochs", o.milestones)
+
+    need(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    need(t.max_steps >= 0, "train.max_steps", ">= 0 (0: no limit)", t.max_steps)
+    need(t.log_every >= 1, "train.log_every", ">= 1", t.log_every)
+    need(t.eval_every >= 0, "train.eval_every", ">= 0", t.eval_every)
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", ">= 0", t.checkpoint_every)
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
+    need(cfg.teacher_train.epochs >= 1, "teacher_train.epochs", ">= 1", cfg.teacher_train.epochs)
+    need(cfg.teacher_train.lr > 0, "teacher_train.lr", "> 0", cfg.teacher_train.lr)
+    need(bool(cfg.out_dir), "out_dir", "a folder path", cfg.out_dir)
+    need(bool(cfg.resume), "resume", "auto, none or a checkpoint folder", cfg.resume)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out

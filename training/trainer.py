@@ -1,0 +1,200 @@
+"""The training loop: fetch batch → select → teacher → student → loss → step, driven by Accelerate.
+
+Accelerate owns devices, DDP, mixed precision and checkpoint I/O; pipeline/ yields (images, labels) on the
+device; selection/ decides which k rows the teacher sees. This file composes them and keeps the books:
+metrics.jsonl, the cost ledger, checkpoints, the final student weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from selection import build_selector
+
+from . import checkpoint as ckpt
+from .config import Config, save_config
+from .cost import CostLedger, forward_flops
+from .data import build_data
+from .evaluate import evaluate
+from .losses import distill_loss
+from .models import create_model
+from .optim import build_optimizer, build_scheduler
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    # cpu=True off-GPU so that `accelerate launch --multi_gpu` also runs (over gloo) on CPU machines.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+
+
+class MetricsLog:
+    """`<out_dir>/metrics.jsonl`: one JSON object per logged step or evaluation; main process only."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
+    """Run one training job end to end; returns the final summary (also the last row of metrics.jsonl)."""
+    accelerator = accelerator or make_accelerator(cfg)
+    main = accelerator.is_main_process
+    out = Path(cfg.out_dir)
+    if main:
+        _prepare_out_dir(out)
+        save_config(cfg, out / "config.yaml")
+    set_seed(cfg.seed)  # identical model init on every process
+
+    data = build_data(cfg, accelerator)
+    num_classes = cfg.model.num_classes or len(data.classes)
+    distill = cfg.selection.method != "none"
+    student = create_model(cfg.model.student, num_classes)
+    teacher = None
+    if distill:
+        teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
+                               checkpoint=cfg.model.teacher_checkpoint)
+        teacher.eval().requires_grad_(False)
+
+    # Cost model, SPEC §1: per-image forward FLOPs measured once, before the models move.
+    S = cfg.data.image_size
+    ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
+
+    steps_per_epoch = len(data.train)
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
+    if teacher is not None:
+        teacher.to(accelerator.device)
+    s = cfg.selection
+    selector = build_selector("kd" if not distill else s.method, k=s.k, alpha=s.alpha, w=s.w, b=s.b,
+                              criterion=s.criterion, score_mode=s.score_mode,
+                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
+
+    step, epoch, start_batch = 0, 0, 0
+    resume_from = ckpt.resolve_resume(cfg.resume, out)
+    fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
+                   "method": cfg.selection.method}
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from, accelerator.process_index)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"resume={resume_from}: saved with {state['fingerprint']}, this run is {fingerprint}")
+        accelerator.load_state(str(resume_from))
+        selector.load_state_dict(state["selector"])
+        ledger.load_state_dict(state["ledger"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if main:
+            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})")
+
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    log = MetricsLog(out / "metrics.jsonl", main)
+    world = accelerator.num_processes
+    T, kd_w, ce_w = cfg.loss.temperature, cfg.loss.kd_weight, cfg.loss.ce_weight
+
+    def save(batch_in_epoch: int, epoch_: int) -> None:
+        state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
+                 "selector": selector.state_dict(), "ledger": ledger.state_dict()}
+        ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
+
+    def cost_fields() -> dict:
+        return {"teacher_images": ledger.teacher_images, "student_fwd_images": ledger.student_fwd_images,
+                "student_bwd_images": ledger.student_bwd_images, "cost_fraction": ledger.cost_fraction(),
+                "world_size": world}
+
+    bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    t_log, steps_since_log = time.perf_counter(), 0
+    student.train()
+    while step < total_steps and epoch < cfg.train.epochs:
+        data.train.set_epoch(epoch, start_batch=start_batch)
+        batch_in_epoch = start_batch
+        for images, labels in data.train:
+            # --- select: which rows the teacher sees (UNIX: scoring forward + sort + mix) -------------
+            with accelerator.autocast():
+                sel = selector.select(images, labels, scorer)
+            # --- teacher on the selected rows only ---------------------------------------------------
+            with torch.no_grad(), accelerator.autocast():
+                t_logits = teacher(sel.x) if teacher is not None else None
+            # --- student forward + backward, SGD step -------------------------------------------------
+            with accelerator.autocast():
+                s_logits = student(sel.x)
+                loss = distill_loss(s_logits, t_logits, sel, temperature=T, kd_weight=kd_w, ce_weight=ce_w)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            N, k = images.shape[0], sel.x.shape[0]
+            ledger.add_step(batch=N * world, teacher=(k if distill else 0) * world,
+                            student_fwd=(sel.scored + k) * world, student_bwd=k * world)
+            loss_sum += loss.detach()
+            step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
+            bar.update(1)
+
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
+                dt = time.perf_counter() - t_log
+                row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                       "img_per_s": steps_since_log * N * world / dt, **cost_fields()}
+                log.write(row)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}",
+                                cost=f"{row['cost_fraction']:.3f}")
+                loss_sum.zero_()
+                t_log, steps_since_log = time.perf_counter(), 0
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save(batch_in_epoch, epoch)
+            if step >= total_steps:
+                break
+
+        epoch_done = batch_in_epoch >= steps_per_epoch
+        if epoch_done:
+            epoch, start_batch = epoch + 1, 0
+        else:
+            start_batch = batch_in_epoch
+        if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
+            log.write({"step": step, "epoch": epoch - 1, **evaluate(student, data.val, accelerator), **cost_fields()})
+        if epoch_done and not cfg.train.checkpoint_every:
+            save(start_batch, epoch)
+    bar.close()
+
+    # --- the end: final checkpoint, student weights, evaluation (student, and the teacher once) --------
+    if not (ckpt.latest_checkpoint(out) and ckpt.latest_checkpoint(out).name == f"step-{step}"):
+        save(start_batch, epoch)
+    accelerator.save_model(student, str(out / "final"))
+    summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
+               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
+    if teacher is not None:
+        t_eval = evaluate(teacher, data.val, accelerator)
+        summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
+    log.write(summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Fail before training if out_dir cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"out_dir={out}: not writable ({e.strerror})") from None
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
