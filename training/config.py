@@ -257,7 +257,9 @@ def _coerce(value, tp, key: str):
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted `mixed_precision: no` as false
+            return "yes" if value else "no"
+        if isinstance(value, (int, float)):
             return str(value)
     raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
