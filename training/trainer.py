@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,9 +23,9 @@ from .config import Config, save_config
 from .cost import CostLedger, forward_flops
 from .data import build_data
 from .evaluate import evaluate
-from .losses import distill_loss
 from .models import create_model
 from .optim import build_optimizer, build_scheduler
+from .step import DistillStep
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -55,31 +56,9 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     set_seed(cfg.seed)  # identical model init on every process
 
     data = build_data(cfg, accelerator)
-    num_classes = cfg.model.num_classes or len(data.classes)
-    distill = cfg.selection.method != "none"
-    student = create_model(cfg.model.student, num_classes)
-    teacher = None
-    if distill:
-        teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
-                               checkpoint=cfg.model.teacher_checkpoint)
-        teacher.eval().requires_grad_(False)
-
-    # Cost model, SPEC §1: per-image forward FLOPs measured once, before the models move.
-    S = cfg.data.image_size
-    ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
-
     steps_per_epoch = len(data.train)
-    optimizer = build_optimizer(student, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
-    student, optimizer = accelerator.prepare(student, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
-    if teacher is not None:
-        teacher.to(accelerator.device)
-    s = cfg.selection
-    selector = build_selector("kd" if not distill else s.method, k=s.k, alpha=s.alpha, w=s.w, b=s.b,
-                              criterion=s.criterion, score_mode=s.score_mode,
-                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
-    scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
+    run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
+    student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
 
     step, epoch, start_batch = 0, 0, 0
     resume_from = ckpt.resolve_resume(cfg.resume, out)
@@ -101,7 +80,6 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         total_steps = min(total_steps, cfg.train.max_steps)
     log = MetricsLog(out / "metrics.jsonl", main)
     world = accelerator.num_processes
-    T, kd_w, ce_w = cfg.loss.temperature, cfg.loss.kd_weight, cfg.loss.ce_weight
 
     def save(batch_in_epoch: int, epoch_: int) -> None:
         state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
@@ -121,25 +99,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         data.train.set_epoch(epoch, start_batch=start_batch)
         batch_in_epoch = start_batch
         for images, labels in data.train:
-            # --- select: which rows the teacher sees (UNIX: scoring forward + sort + mix) -------------
-            with accelerator.autocast():
-                sel = selector.select(images, labels, scorer)
-            # --- teacher on the selected rows only ---------------------------------------------------
-            with torch.no_grad(), accelerator.autocast():
-                t_logits = teacher(sel.x) if teacher is not None else None
-            # --- student forward + backward, SGD step -------------------------------------------------
-            with accelerator.autocast():
-                s_logits = student(sel.x)
-                loss = distill_loss(s_logits, t_logits, sel, temperature=T, kd_weight=kd_w, ce_weight=ce_w)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            N, k = images.shape[0], sel.x.shape[0]
-            ledger.add_step(batch=N * world, teacher=(k if distill else 0) * world,
-                            student_fwd=(sel.scored + k) * world, student_bwd=k * world)
-            loss_sum += loss.detach()
+            loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
+            ledger.add_step(batch=n.batch * world, teacher=n.teacher * world, student_fwd=n.student_fwd * world,
+                            student_bwd=n.student_bwd * world)
+            loss_sum += loss
             step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
             bar.update(1)
 
@@ -147,7 +110,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                 mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
                 dt = time.perf_counter() - t_log
                 row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "img_per_s": steps_since_log * N * world / dt, **cost_fields()}
+                       "img_per_s": steps_since_log * n.batch * world / dt, **cost_fields()}
                 log.write(row)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}",
                                 cost=f"{row['cost_fraction']:.3f}")
@@ -175,12 +138,54 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     accelerator.save_model(student, str(out / "final"))
     summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
                **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
-    if teacher is not None:
-        t_eval = evaluate(teacher, data.val, accelerator)
+    if run.teacher is not None:
+        t_eval = evaluate(run.teacher, data.val, accelerator)
         summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
     log.write(summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+@dataclass
+class Run:
+    """Everything one training run steps: the models, optimizer, schedule, selector, ledger and the step."""
+
+    student: torch.nn.Module  # prepared by Accelerate
+    teacher: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    selector: object
+    ledger: CostLedger
+    step: DistillStep
+
+
+def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per_epoch: int) -> Run:
+    """Models, optimizer, schedule, selector and step for `cfg`, placed by `accelerator` (shared with bench)."""
+    distill = cfg.selection.method != "none"
+    student = create_model(cfg.model.student, num_classes)
+    teacher = None
+    if distill:
+        teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
+                               checkpoint=cfg.model.teacher_checkpoint)
+        teacher.eval().requires_grad_(False)
+
+    # Cost model, SPEC §1: per-image forward FLOPs measured once, before the models move.
+    S = cfg.data.image_size
+    ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
+
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
+    if teacher is not None:
+        teacher.to(accelerator.device)
+    s = cfg.selection
+    selector = build_selector("kd" if not distill else s.method, k=s.k, alpha=s.alpha, w=s.w, b=s.b,
+                              criterion=s.criterion, score_mode=s.score_mode,
+                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
+                       temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight)
+    return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
 def _prepare_out_dir(out: Path) -> None:
