@@ -4,15 +4,18 @@ Each ``__iter__`` builds a fresh DALI pipeline over this rank's files for the cu
 that ``pipeline.sharding`` fixes, and releases it (threads and buffers) when the epoch ends, when the
 loop breaks out early, or when the next epoch starts.
 
-Resume: ``set_epoch(e, start_batch=s)`` makes the next epoch read batch ``s`` onwards of epoch ``e``'s
-order, by slicing the file list (nothing is decoded and thrown away), so a resumed run sees exactly the
-samples the interrupted run would have seen. The *augmentation* draws (crops, flips) after a mid-epoch
-resume differ from the uninterrupted run's, because the DALI seed mixes in ``start_batch`` and DALI's
-random state is not saved; a bitwise-identical resume is future work.
+Resume, exact: ``state_dict()`` holds the epoch and DALI's own checkpoint of the running pipeline (reader
+position and every random generator, taken with the batches the iterator has prefetched accounted for);
+after ``load_state_dict(state)`` the next ``__iter__`` rebuilds that epoch's pipeline from the checkpoint
+and yields exactly the batches, crops and flips the interrupted run would have seen next.
+
+``set_epoch(e, start_batch=s)`` is the cheap positional variant: it starts epoch ``e`` at batch ``s`` by
+slicing the file list (nothing is decoded and thrown away) — the same samples, but fresh augmentation draws.
 """
 
 from __future__ import annotations
 
+import base64
 import weakref
 from typing import Iterator
 
@@ -101,6 +104,7 @@ class DaliLoader:
         self.epoch = 0
         self.start_batch = 0  # applies to the next __iter__ only, then back to 0
         self._running: weakref.ref | None = None  # the epoch being iterated, closed when the next starts
+        self._restore: bytes | None = None  # a DALI checkpoint for the next __iter__ (load_state_dict)
 
     def __len__(self) -> int:
         """Batches in a whole epoch on this rank (also after ``set_epoch(e, start_batch=s)``)."""
@@ -123,12 +127,27 @@ class DaliLoader:
             raise ValueError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
         self.epoch, self.start_batch = epoch, start_batch
 
+    def state_dict(self) -> dict:
+        """Where the running epoch stands: the epoch and DALI's checkpoint (base64 text, JSON-safe; None when
+        no epoch is running)."""
+        running = self._running() if self._running is not None else None
+        cpt = running.checkpoint() if running is not None else None
+        return {"epoch": self.epoch, "dali": base64.b64encode(cpt).decode() if cpt is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next ``__iter__`` continues the saved epoch exactly (or starts it, if nothing was running)."""
+        self.set_epoch(state["epoch"])
+        self._restore = base64.b64decode(state["dali"]) if state["dali"] is not None else None
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(images [B,3,S,S] float32, labels [B] int64)`` on ``target_device``."""
         previous = self._running() if self._running is not None else None
         if previous is not None:
             previous.close()  # one live DALI pipeline per loader
         start, self.start_batch = self.start_batch, 0
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            start = 0  # the checkpoint knows the reader's position within the epoch's full file list
         order = self._indices()[start * self.batch_size :]
         if len(order) == 0:  # resumed at the very end, or a val shard with no files
             return iter(())
@@ -143,6 +162,7 @@ class DaliLoader:
             seed=augmentation_seed(self.seed, self.shard_id, self.epoch, start),
             prefetch=self.prefetch,
             hw_decoder_load=self.hw_decoder_load,
+            checkpoint=restore,
         )
         epoch = _Epoch(pipe, self.target_device)
         self._running = weakref.ref(epoch)
@@ -189,6 +209,10 @@ class _Epoch:
         images, labels = batch["images"], batch["labels"].squeeze(-1).long()  # DALI labels: int32 [B, 1]
         non_blocking = self._target.type == "cuda"
         return images.to(self._target, non_blocking=non_blocking), labels.to(self._target, non_blocking=non_blocking)
+
+    def checkpoint(self) -> bytes | None:
+        """DALI's serialized state after the batches yielded so far (None once the epoch is closed)."""
+        return self._dali.checkpoints()[0] if self._dali is not None else None
 
     def close(self) -> None:
         """Stop the pipeline and free its threads and buffers; later ``next()`` calls raise StopIteration."""

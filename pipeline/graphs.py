@@ -40,6 +40,7 @@ def build_pipeline(
     seed: int,
     prefetch: int,
     hw_decoder_load: float,
+    checkpoint: str | None = None,
 ) -> Pipeline:
     """A DALI pipeline that reads ``files`` once through in exactly this order (no DALI-side shuffling)."""
     pipe = Pipeline(
@@ -48,6 +49,8 @@ def build_pipeline(
         device_id=device_id if gpu else None,  # None: CPU-only pipeline, no CUDA needed
         seed=seed,
         prefetch_queue_depth=prefetch,
+        enable_checkpointing=True,  # reader position + RNG states can be saved; no cost per DALI's docs
+        checkpoint=checkpoint,  # restore a saved state: the outputs continue exactly where they stopped
     )
     decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
     decoder_args = {"device": decoder_device, "output_type": types.RGB}  # RGB: grayscale becomes 3 channels

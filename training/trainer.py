@@ -60,7 +60,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
     student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
 
-    step, epoch, start_batch = 0, 0, 0
+    step, epoch, start_batch, data_state = 0, 0, 0, None
     resume_from = ckpt.resolve_resume(cfg.resume, out)
     fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "method": cfg.selection.method}
@@ -72,6 +72,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         selector.load_state_dict(state["selector"])
         ledger.load_state_dict(state["ledger"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+        data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
         if main:
             print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})")
 
@@ -81,9 +82,9 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     log = MetricsLog(out / "metrics.jsonl", main)
     world = accelerator.num_processes
 
-    def save(batch_in_epoch: int, epoch_: int) -> None:
+    def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> None:
         state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
-                 "selector": selector.state_dict(), "ledger": ledger.state_dict()}
+                 "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state}
         ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
     def cost_fields() -> dict:
@@ -94,9 +95,14 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
     loss_sum = torch.zeros((), device=accelerator.device)
     t_log, steps_since_log = time.perf_counter(), 0
+    stop_state = None  # the loader's state when max_steps stops the run mid-epoch
     student.train()
     while step < total_steps and epoch < cfg.train.epochs:
-        data.train.set_epoch(epoch, start_batch=start_batch)
+        if data_state is not None and data_state["dali"]:  # continue the epoch exactly: same samples, crops
+            data.train.load_state_dict(data_state)
+            data_state = None
+        else:
+            data.train.set_epoch(epoch, start_batch=start_batch)
         batch_in_epoch = start_batch
         for images, labels in data.train:
             loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
@@ -116,9 +122,11 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                                 cost=f"{row['cost_fraction']:.3f}")
                 loss_sum.zero_()
                 t_log, steps_since_log = time.perf_counter(), 0
+            mid_epoch = batch_in_epoch < steps_per_epoch
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                save(batch_in_epoch, epoch)
+                save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
             if step >= total_steps:
+                stop_state = data.train.state_dict() if mid_epoch else None  # before the epoch's pipeline closes
                 break
 
         epoch_done = batch_in_epoch >= steps_per_epoch
@@ -134,7 +142,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
 
     # --- the end: final checkpoint, student weights, evaluation (student, and the teacher once) --------
     if not (ckpt.latest_checkpoint(out) and ckpt.latest_checkpoint(out).name == f"step-{step}"):
-        save(start_batch, epoch)
+        save(start_batch, epoch, stop_state)
     accelerator.save_model(student, str(out / "final"))
     summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
                **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
