@@ -3,6 +3,7 @@
     python launch.py train   --config configs/demo.yaml [key=value ...]
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
+    python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 
 A mistake in the command line or the config is one line on stderr and exit code 2 (UNIXKD_DEBUG=1 shows the
@@ -29,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selection.k=0.75")
         if name == "compare":
             p.add_argument("--methods", default="kd,random,unix", help="comma-separated selection.method values")
+    p = sub.add_parser("scan", help="decode every image of a dataset folder once; report the broken ones")
+    p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
+    p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     args = parser.parse_args(argv)
 
     from training.config import ConfigError
     from training.models import ModelError
+
+    from training.guards import NonFiniteError
 
     try:
         return COMMANDS[args.command](args)
@@ -41,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # the run stopped itself; its last checkpoint is intact
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 def cmd_train(args) -> int:
@@ -52,7 +62,12 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     teacher_run = ensure_teacher(cfg)
     summary = train(cfg)
-    if summary is not None and _is_main():
+    if summary.get("preempted"):
+        if _is_main():
+            print(f"preempted by {summary['signal']} at step {summary['step']}: checkpoint {summary['checkpoint']}; "
+                  f"resume with the same command plus resume=auto")
+        return 0
+    if _is_main():
         wall = time.perf_counter() - t0
         if teacher_run is not None:
             print(f"teacher ({cfg.model.teacher}) trained here: top-1 {teacher_run['top1']:.2f}%")
@@ -108,11 +123,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_scan(args) -> int:
+    """Exit 0 if the folder is clean, 1 if it has bad files or empty class folders (report on stdout)."""
+    from pipeline import scan_tree
+
+    report = scan_tree(args.path, workers=args.workers)
+    for bad in report.bad:
+        print(f"bad    {bad.path}: {bad.problem}")
+    for cls in report.empty_classes:
+        print(f"empty  {cls}/ (no images)")
+    for path in report.ignored:
+        print(f"ignored {path} (not an image file; the loader skips it)")
+    print(f"scanned {len(report.good) + len(report.bad)} images under {report.root}: {len(report.good)} good, "
+          f"{len(report.bad)} bad, {len(report.empty_classes)} empty class folder(s), {len(report.ignored)} ignored")
+    if args.write_clean_list:
+        with open(args.write_clean_list, "w") as f:
+            f.write("".join(path + "\n" for path in report.good))
+        print(f"clean list: {args.write_clean_list} ({len(report.good)} files; train with "
+              f"data.root={report.root} data.file_list={args.write_clean_list})")
+    return 0 if report.clean else 1
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,10 @@ without DALI installed; constructing a ``DaliLoader`` then says how to install i
 
 from .dali import IMAGENET_MEAN, IMAGENET_STD, DaliLoader
 from .demo_data import ensure_digits_dataset
-from .folder import FolderIndex, scan_folder
+from .folder import FolderIndex, restrict, scan_folder
+from .scan import BadFile, ScanReport, preflight, scan_tree
 
-__all__ = ["scan_folder", "FolderIndex", "DaliLoader", "ensure_digits_dataset", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "BadFile", "DaliLoader", "FolderIndex", "IMAGENET_MEAN", "IMAGENET_STD", "ScanReport",
+    "ensure_digits_dataset", "preflight", "restrict", "scan_folder", "scan_tree",
+]

@@ -42,3 +42,9 @@ def scan_folder(root: str | Path, split: str) -> FolderIndex:
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}")
     return FolderIndex(files=files, labels=labels, classes=classes)
+
+
+def restrict(index: FolderIndex, keep: set[str]) -> FolderIndex:
+    """The files of ``index`` whose absolute path is in ``keep``; classes (and so labels) stay as they were."""
+    pairs = [(f, y) for f, y in zip(index.files, index.labels) if f in keep]
+    return FolderIndex(files=[f for f, _ in pairs], labels=[y for _, y in pairs], classes=index.classes)

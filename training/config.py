@@ -35,6 +35,9 @@ class DataConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
     val_resize_ratio: float = 0.875
+    file_list: str = ""  # optional: only these files (paths relative to root, e.g. from `launch.py scan`)
+    preflight: bool = True  # check every file (exists, non-empty, JPEG/PNG magic) before training starts
+    skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
 
 
 @dataclass
@@ -93,6 +96,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations; 0: only at the end
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
     keep_checkpoints: int = 2
+    nonfinite: str = "stop"  # NaN/inf loss or gradient: stop (weights untouched) | skip the step | off
     progress: bool = True
 
 
@@ -101,6 +105,7 @@ class Config:
     out_dir: str = "runs/default"
     seed: int = 0
     resume: str = "none"  # auto | none | path to a checkpoint folder
+    resume_force: bool = False  # resume even if world size, batch size, seed or method differ
     mixed_precision: str = "no"  # no | bf16 | fp16
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -118,6 +123,7 @@ CHOICES = {
     "selection.criterion": ("entropy", "confidence", "margin"),
     "selection.score_mode": ("train", "eval"),
     "optim.schedule": ("step", "cosine", "constant"),
+    "train.nonfinite": ("stop", "skip", "off"),
     "mixed_precision": ("no", "bf16", "fp16"),
 }
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import DaliLoader, FolderIndex, ensure_digits_dataset, scan_folder
+from accelerate.utils import broadcast_object_list
+
+from pipeline import DaliLoader, FolderIndex, ensure_digits_dataset, preflight, restrict, scan_folder
 
 from .config import Config
 
@@ -37,6 +39,11 @@ def build_data(cfg: Config, accelerator) -> Data:
     val_index: FolderIndex = scan_folder(root, "val")
     if val_index.classes != train_index.classes:
         raise ValueError(f"data.root={root}: val/ and train/ have different class folders")
+    if cfg.data.file_list:
+        keep = read_file_list(cfg.data.file_list, Path(root))
+        train_index, val_index = restrict(train_index, keep), restrict(val_index, keep)
+    if cfg.data.preflight:
+        train_index, val_index = checked(train_index, val_index, cfg, Path(root).resolve(), accelerator)
     d = cfg.data
     common = dict(
         image_size=d.image_size,
@@ -54,3 +61,37 @@ def build_data(cfg: Config, accelerator) -> Data:
                        crop_ratio=tuple(d.crop_ratio), hflip=d.hflip, **common)
     val = DaliLoader(val_index, train=False, batch_size=d.val_batch_size or d.batch_size, **common)
     return Data(train=train, val=val, classes=train_index.classes, root=Path(root))
+
+
+def read_file_list(path: str, root: Path) -> set[str]:
+    """`data.file_list`: one path per line, relative to data.root (what `launch.py scan --write-clean-list` writes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"data.file_list={path}: no such file")
+    lines = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"data.file_list={path}: the list is empty")
+    return {str(root.resolve() / line) for line in lines}
+
+
+def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accelerator):
+    """Pre-flight (exists, non-empty, JPEG/PNG magic) on the main process, the verdict shared with all ranks.
+
+    Refuses to start on bad files, naming them, unless `data.skip_bad_files` — then they are left out.
+    """
+    verdict = [preflight(train.files + val.files) if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(verdict)  # every rank must index the same files, or the shards disagree
+    bad = verdict[0]
+    if not bad:
+        return train, val
+    shown = "; ".join(f"{Path(b.path).relative_to(root) if b.path.startswith(str(root)) else b.path}: {b.problem}"
+                      for b in bad[:3])
+    if not cfg.data.skip_bad_files:
+        raise ValueError(f"data.root={root}: {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''}); "
+                         f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with "
+                         "data.file_list=clean.txt, or set data.skip_bad_files=true")
+    if accelerator.is_main_process:
+        print(f"pre-flight: skipping {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''})")
+    drop = {b.path for b in bad}
+    return (restrict(train, set(train.files) - drop), restrict(val, set(val.files) - drop))

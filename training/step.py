@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .guards import NonFiniteError, all_finite
 from .losses import distill_loss
 
 
@@ -26,13 +27,15 @@ class StepCounts:
 
 class DistillStep:
     def __init__(self, accelerator, student, teacher, optimizer, scheduler, selector, *, temperature: float,
-                 kd_weight: float, ce_weight: float):
+                 kd_weight: float, ce_weight: float, nonfinite: str = "stop"):
         self.accelerator = accelerator
         self.student = student  # as prepared by Accelerate (DDP-wrapped on several processes)
         self.scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
         self.teacher = teacher
         self.optimizer, self.scheduler, self.selector = optimizer, scheduler, selector
         self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
+        self.nonfinite = nonfinite  # stop | skip | off
+        self.skipped = 0  # optimizer steps skipped for a non-finite loss/gradient (nonfinite=skip)
 
     # --- the phases ------------------------------------------------------------------------------------
     def select(self, images: Tensor, labels: Tensor):
@@ -56,7 +59,22 @@ class DistillStep:
     def backward(self, loss: Tensor) -> None:
         self.accelerator.backward(loss)
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, loss: Tensor | None = None) -> None:
+        """SGD step and schedule; with a loss given, first check it and the gradients (`nonfinite`)."""
+        if loss is not None and self.nonfinite != "off":
+            finite = all_finite(loss, self.student.parameters())
+            if self.nonfinite == "stop":
+                # No host sync: on CUDA this asserts on the device, ahead of the optimizer's kernels in
+                # stream order, so the weights are never updated; on CPU it raises right here.
+                try:
+                    torch._assert_async(finite, "non-finite loss or gradient")
+                except RuntimeError as e:
+                    raise NonFiniteError("non-finite loss or gradient") from e
+            elif not finite.item():  # sync: "skip" pays one host read per step
+                self.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -67,7 +85,7 @@ class DistillStep:
         t_logits = self.teacher_forward(sel)
         loss = self.student_loss(sel, t_logits)
         self.backward(loss)
-        self.optimizer_step()
+        self.optimizer_step(loss)
         k = sel.x.shape[0]
         counts = StepCounts(batch=images.shape[0], teacher=k if self.teacher is not None else 0,
                             student_fwd=sel.scored + k, student_bwd=k)

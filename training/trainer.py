@@ -8,6 +8,7 @@ metrics.jsonl, the cost ledger, checkpoints, the final student weights.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import Config, save_config
 from .cost import CostLedger, forward_flops
 from .data import build_data
 from .evaluate import evaluate
+from .guards import NonFiniteError, PreemptionFlag
 from .models import create_model
 from .optim import build_optimizer, build_scheduler
 from .step import DistillStep
@@ -46,19 +48,24 @@ class MetricsLog:
 
 
 def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
-    """Run one training job end to end; returns the final summary (also the last row of metrics.jsonl)."""
+    """Run one training job end to end; returns the final summary (also the last row of metrics.jsonl).
+
+    A preemption signal (SIGTERM/SIGUSR1) ends the run early at a step boundary with a checkpoint; the
+    summary then has `preempted: true`. A non-finite loss or gradient raises NonFiniteError before the
+    optimizer updates the weights.
+    """
     accelerator = accelerator or make_accelerator(cfg)
     main = accelerator.is_main_process
     out = Path(cfg.out_dir)
-    if main:
-        _prepare_out_dir(out)
-        save_config(cfg, out / "config.yaml")
     set_seed(cfg.seed)  # identical model init on every process
 
     data = build_data(cfg, accelerator)
     steps_per_epoch = len(data.train)
     run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
     student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
+    if main:
+        _prepare_out_dir(out, _checkpoint_bytes(student, cfg.train.keep_checkpoints))
+        save_config(cfg, out / "config.yaml")
 
     step, epoch, start_batch, data_state = 0, 0, 0, None
     resume_from = ckpt.resolve_resume(cfg.resume, out)
@@ -66,8 +73,9 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                    "method": cfg.selection.method}
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from, accelerator.process_index)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(f"resume={resume_from}: saved with {state['fingerprint']}, this run is {fingerprint}")
+        if state["fingerprint"] != fingerprint and not cfg.resume_force:
+            raise ValueError(f"resume={resume_from}: saved with {state['fingerprint']}, this run is {fingerprint} "
+                             "(resume_force=true resumes anyway)")
         accelerator.load_state(str(resume_from))
         selector.load_state_dict(state["selector"])
         ledger.load_state_dict(state["ledger"])
@@ -82,10 +90,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     log = MetricsLog(out / "metrics.jsonl", main)
     world = accelerator.num_processes
 
-    def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> None:
+    def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
         state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
                  "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state}
-        ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
+        return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
     def cost_fields() -> dict:
         return {"teacher_images": ledger.teacher_images, "student_fwd_images": ledger.student_fwd_images,
@@ -95,54 +103,74 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
     loss_sum = torch.zeros((), device=accelerator.device)
     t_log, steps_since_log = time.perf_counter(), 0
-    stop_state = None  # the loader's state when max_steps stops the run mid-epoch
+    stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
+    preempted = False
     student.train()
-    while step < total_steps and epoch < cfg.train.epochs:
-        if data_state is not None and data_state["dali"]:  # continue the epoch exactly: same samples, crops
-            data.train.load_state_dict(data_state)
-            data_state = None
-        else:
-            data.train.set_epoch(epoch, start_batch=start_batch)
-        batch_in_epoch = start_batch
-        for images, labels in data.train:
-            loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
-            ledger.add_step(batch=n.batch * world, teacher=n.teacher * world, student_fwd=n.student_fwd * world,
-                            student_bwd=n.student_bwd * world)
-            loss_sum += loss
-            step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
-            bar.update(1)
+    with PreemptionFlag() as preemption:
+        while step < total_steps and epoch < cfg.train.epochs and not preempted:
+            if data_state is not None and data_state["dali"]:  # continue the epoch exactly: samples and crops
+                data.train.load_state_dict(data_state)
+                data_state = None
+            else:
+                data.train.set_epoch(epoch, start_batch=start_batch)
+            batch_in_epoch = start_batch
+            for images, labels in data.train:
+                try:
+                    loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
+                except NonFiniteError:
+                    last = ckpt.latest_checkpoint(out)
+                    raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}: the weights were not "
+                                         f"updated; last complete checkpoint: {last or 'none'}") from None
+                ledger.add_step(batch=n.batch * world, teacher=n.teacher * world,
+                                student_fwd=n.student_fwd * world, student_bwd=n.student_bwd * world)
+                loss_sum += loss
+                step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
+                bar.update(1)
 
-            if step % cfg.train.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
-                dt = time.perf_counter() - t_log
-                row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "img_per_s": steps_since_log * n.batch * world / dt, **cost_fields()}
-                log.write(row)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}",
-                                cost=f"{row['cost_fraction']:.3f}")
-                loss_sum.zero_()
-                t_log, steps_since_log = time.perf_counter(), 0
-            mid_epoch = batch_in_epoch < steps_per_epoch
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
-            if step >= total_steps:
-                stop_state = data.train.state_dict() if mid_epoch else None  # before the epoch's pipeline closes
-                break
+                log_now = step % cfg.train.log_every == 0 or step == total_steps
+                if log_now:
+                    mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
+                    dt = time.perf_counter() - t_log
+                    row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                           "img_per_s": steps_since_log * n.batch * world / dt, **cost_fields()}
+                    if step_fn.skipped:
+                        row["skipped_steps"] = step_fn.skipped
+                    log.write(row)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}",
+                                    cost=f"{row['cost_fraction']:.3f}")
+                    loss_sum.zero_()
+                    t_log, steps_since_log = time.perf_counter(), 0
+                mid_epoch = batch_in_epoch < steps_per_epoch
+                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                    save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
+                # Ranks agree on a preemption at log steps (one all-reduce there); one process checks every step.
+                preempted = (world == 1 or log_now) and preemption.agreed(accelerator)
+                if step >= total_steps or preempted:
+                    stop_state = data.train.state_dict() if mid_epoch else None  # before the pipeline closes
+                    break
 
-        epoch_done = batch_in_epoch >= steps_per_epoch
-        if epoch_done:
-            epoch, start_batch = epoch + 1, 0
-        else:
-            start_batch = batch_in_epoch
-        if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
-            log.write({"step": step, "epoch": epoch - 1, **evaluate(student, data.val, accelerator), **cost_fields()})
-        if epoch_done and not cfg.train.checkpoint_every:
-            save(start_batch, epoch)
+            epoch_done = batch_in_epoch >= steps_per_epoch
+            if epoch_done:
+                epoch, start_batch = epoch + 1, 0
+            else:
+                start_batch = batch_in_epoch
+            if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
+                log.write({"step": step, "epoch": epoch - 1, **evaluate(student, data.val, accelerator),
+                           **cost_fields()})
+            if epoch_done and not cfg.train.checkpoint_every:
+                save(start_batch, epoch)
     bar.close()
 
-    # --- the end: final checkpoint, student weights, evaluation (student, and the teacher once) --------
-    if not (ckpt.latest_checkpoint(out) and ckpt.latest_checkpoint(out).name == f"step-{step}"):
-        save(start_batch, epoch, stop_state)
+    # --- the end: final checkpoint, then (unless preempted) student weights and evaluation -------------
+    latest = ckpt.latest_checkpoint(out)
+    if not (latest and latest.name == f"step-{step}"):
+        latest = save(start_batch, epoch, stop_state)
+    if preempted:
+        summary = {"step": step, "epoch": epoch, "preempted": True, "signal": preemption.signal_name,
+                   "checkpoint": str(latest), **cost_fields()}
+        log.write(summary)
+        accelerator.wait_for_everyone()
+        return summary
     accelerator.save_model(student, str(out / "final"))
     summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
                **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
@@ -192,12 +220,13 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
                               criterion=s.criterion, score_mode=s.score_mode,
                               seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
-                       temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight)
+                       temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
+                       nonfinite=cfg.train.nonfinite)
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
-def _prepare_out_dir(out: Path) -> None:
-    """Fail before training if out_dir cannot be written."""
+def _prepare_out_dir(out: Path, need_bytes: int) -> None:
+    """Fail before training if out_dir cannot be written or cannot hold the checkpoints."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -205,6 +234,16 @@ def _prepare_out_dir(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"out_dir={out}: not writable ({e.strerror})") from None
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise ValueError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
+                         f"{need_bytes / 2**30:.2f} GiB")
+
+
+def _checkpoint_bytes(student: torch.nn.Module, keep: int) -> int:
+    """Rough disk need: weights + optimizer state (x3) for each kept checkpoint, one being written, the final."""
+    params = sum(p.numel() * p.element_size() for p in student.parameters())
+    return params * 3 * (keep + 1) + params
 
 
 def _progress(total: int, initial: int, enabled: bool):
