@@ -127,7 +127,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_bitwise(tmp_path, digits_r
 
 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, digits_root, teacher_ckpt):
-    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt))
+    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, "train.preempt_check_every=2"))
     wait_for(tmp_path / "checkpoints" / "step-3", proc)
     workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                               text=True).stdout.split()]

@@ -97,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
     keep_checkpoints: int = 2
     nonfinite: str = "stop"  # NaN/inf loss or gradient: stop (weights untouched) | skip the step | off
+    preempt_check_every: int = 10  # steps between the ranks' agreement on a SIGTERM/SIGUSR1 (one all-reduce)
     progress: bool = True
 
 
@@ -339,6 +340,7 @@ def validate(cfg: Config) -> None:
     need(t.eval_every >= 0, "train.eval_every", ">= 0", t.eval_every)
     need(t.checkpoint_every >= 0, "train.checkpoint_every", ">= 0", t.checkpoint_every)
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
+    need(t.preempt_check_every >= 1, "train.preempt_check_every", ">= 1", t.preempt_check_every)
     need(cfg.teacher_train.epochs >= 1, "teacher_train.epochs", ">= 1", cfg.teacher_train.epochs)
     need(cfg.teacher_train.lr > 0, "teacher_train.lr", "> 0", cfg.teacher_train.lr)
     need(bool(cfg.out_dir), "out_dir", "a folder path", cfg.out_dir)

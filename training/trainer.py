@@ -127,8 +127,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                 step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
                 bar.update(1)
 
-                log_now = step % cfg.train.log_every == 0 or step == total_steps
-                if log_now:
+                if step % cfg.train.log_every == 0 or step == total_steps:
                     mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
                     dt = time.perf_counter() - t_log
                     row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
@@ -143,8 +142,9 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                 mid_epoch = batch_in_epoch < steps_per_epoch
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                     save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
-                # Ranks agree on a preemption at log steps (one all-reduce there); one process checks every step.
-                preempted = (world == 1 or log_now) and preemption.agreed(accelerator)
+                # One process checks its flag every step (free); several agree every preempt_check_every steps.
+                check = world == 1 or step % cfg.train.preempt_check_every == 0 or step == total_steps
+                preempted = check and preemption.agreed(accelerator)
                 if step >= total_steps or preempted:
                     stop_state = data.train.state_dict() if mid_epoch else None  # before the pipeline closes
                     break
