@@ -1,5 +1,8 @@
 """Teacher and student by name: any timm classifier, or a torchvision one with a `tv/` prefix.
 
+The CIFAR backbones of both papers (`cifar_resnet8x4`, `cifar_wrn_40_2`, ...) are registered with timm by
+importing `training.backbones` here, so they take the same `timm.create_model` path.
+
 Weights never come from the network unless asked (`pretrained=True`, timm's own mechanism). A teacher's
 weights usually come from a local file: a plain state dict, a timm/torchvision training checkpoint
 (`{"state_dict": ...}`, `{"model": ...}`), or a safetensors file. A missing or mismatched file is one
@@ -14,6 +17,8 @@ import timm
 import torch
 import torchvision
 from torch import nn
+
+from . import backbones  # noqa: F401  (registers the cifar_* models in timm's registry)
 
 
 class ModelError(ValueError):

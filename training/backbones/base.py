@@ -1,0 +1,123 @@
+"""The shape every CIFAR backbone shares: stem → stages → final → global average pool → fc.
+
+Each architecture module builds its stem, stages and final block and hands them to `CifarNet`, which gives
+them timm's model interface, so the same code serves these nets and timm's own:
+
+* `forward(x)` → logits; `forward_features(x)` → the last feature map (before pooling);
+  `forward_head(x, pre_logits=False)` → pooled features or logits; `get_classifier` / `reset_classifier`.
+* `forward_intermediates(x, indices=None, intermediates_only=False)` → `(last feature map, [features])`
+  exactly as timm's ResNet: feature 0 is the stem's output, features 1..S the stages' outputs, each as the
+  CRD / UNIX code returns them with `is_feat=True` (after the block's ReLU; WRN: the pre-activation block
+  output). AT (attention transfer) in those papers uses every stage output (`indices=[1, ..., S]`), SP
+  (similarity preserving) the last one (`indices=[S]` or `indices=1`). `feature_info` describes each
+  feature (channels, stride, module name), so `timm.create_model(name, features_only=True)` works too.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from torch import nn
+
+CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)  # as in the UNIX authors' code
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+
+
+def conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    """conv (no bias) → BatchNorm → ReLU (optional): the unit most of these nets are made of."""
+    layers = [nn.Conv2d(in_chs, out_chs, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_chs)]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class CifarNet(nn.Module):
+    """stem → stages[0..S-1] → final → global average pool → (dropout) → fc."""
+
+    def __init__(self, stem: nn.Module, stages: List[nn.Module], final: nn.Module, *, stem_chs: int,
+                 stage_chs: List[int], stage_reductions: List[int], num_features: int, num_classes: int = 100,
+                 stem_reduction: int = 1, drop_rate: float = 0.0):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.final = final  # e.g. WRN's BN-ReLU, ShuffleNetV2's 1x1 conv; nn.Identity() when there is none
+        self.num_features = self.head_hidden_size = num_features
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=stem_chs, reduction=stem_reduction, module="stem")] + [
+            dict(num_chs=c, reduction=r, module=f"stages.{i}") for i, (c, r) in enumerate(zip(stage_chs, stage_reductions))
+        ]
+
+    # --- timm's classifier interface ------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # --- forward ---------------------------------------------------------------------------------------
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Last feature map and the features at `indices` (None: all; int n: the last n; list: those)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be NCHW, got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take:
+            intermediates.append(x)
+        stages = self.stages[:max_index] if stop_early else self.stages
+        for i, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if stop_early and max_index < len(self.stages):
+            return x, intermediates
+        return self.final(x), intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.final(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x).flatten(1)
+        if self.drop_rate > 0:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def default_cfg(**overrides) -> dict:
+    """timm pretrained-cfg for a CIFAR net: no weights to download, 32×32 input, CIFAR-100 statistics."""
+    return dict(url="", num_classes=100, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0,
+                interpolation="bilinear", mean=CIFAR100_MEAN, std=CIFAR100_STD, first_conv="stem.0",
+                classifier="fc", **overrides)
+
+
+def build(model_cls, variant: str, pretrained: bool, num_stages: int, **kwargs) -> nn.Module:
+    """timm's builder; `features_only=True` is served by `forward_intermediates` (stem + every stage by default)."""
+    if pretrained:
+        raise ValueError(f"{variant}: there are no published pretrained weights; train a teacher "
+                         "(selection.method=none) and pass model.teacher_checkpoint")
+    return build_model_with_cfg(model_cls, variant, pretrained=False,
+                                feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_stages + 1))),
+                                **kwargs)
