@@ -1,15 +1,23 @@
-"""Bytes to batches: list image folders, read them with NVIDIA DALI, yield torch (images, labels) per rank.
+"""Bytes to batches: list image folders (ImageNet-style, Tiny-ImageNet), read them with NVIDIA DALI, or hold
+CIFAR arrays in memory (DALI external source or a device-resident tensor loader); yield torch (images, labels)
+per rank.
 
 Knows DALI and nothing of models; nothing outside this package imports DALI. ``import pipeline`` works
 without DALI installed; constructing a ``DaliLoader`` then says how to install it.
 """
 
+from .array_dali import ArrayDaliLoader
+from .arrays import ImageArrays
+from .cifar import read_cifar
 from .dali import IMAGENET_MEAN, IMAGENET_STD, DaliLoader
 from .demo_data import ensure_digits_dataset
 from .folder import FolderIndex, restrict, scan_folder
 from .scan import BadFile, ScanReport, preflight, scan_tree
+from .tensor_loader import TensorLoader
+from .tinyimagenet import scan_tinyimagenet
 
 __all__ = [
-    "BadFile", "DaliLoader", "FolderIndex", "IMAGENET_MEAN", "IMAGENET_STD", "ScanReport",
-    "ensure_digits_dataset", "preflight", "restrict", "scan_folder", "scan_tree",
+    "ArrayDaliLoader", "BadFile", "DaliLoader", "FolderIndex", "IMAGENET_MEAN", "IMAGENET_STD", "ImageArrays",
+    "ScanReport", "TensorLoader", "ensure_digits_dataset", "preflight", "read_cifar", "restrict", "scan_folder",
+    "scan_tinyimagenet", "scan_tree",
 ]

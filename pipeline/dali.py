@@ -63,10 +63,13 @@ class DaliLoader:
         std: tuple[float, float, float] = IMAGENET_STD,
         val_resize_ratio: float = 0.875,
         prefetch: int = 2,
+        pad: int | None = None,  # pad-and-crop recipe for small S×S images (Tiny-ImageNet); see graphs.py
     ):
         _check_args(len(index.files), batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch)
         if not 0.0 < val_resize_ratio <= 1.0:
             raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
+        if pad is not None and pad < 0:
+            raise ValueError(f"pad must be >= 0 or None, got {pad}")
         if not 0.0 <= hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
         self.gpu = _use_gpu(device)  # checks the device string and CUDA before DALI is needed
@@ -100,6 +103,7 @@ class DaliLoader:
             mean=tuple(mean),
             std=tuple(std),
             val_resize_ratio=val_resize_ratio,
+            pad=pad,
         )
         self.epoch = 0
         self.start_batch = 0  # applies to the next __iter__ only, then back to 0
@@ -183,12 +187,13 @@ class DaliLoader:
 class _Epoch:
     """Iterator over one epoch's batches; ``close()`` (or being dropped) shuts its DALI pipeline down."""
 
-    def __init__(self, pipe, target_device: torch.device):
+    def __init__(self, pipe, target_device: torch.device, reader_name: str | None = "Reader"):
         # Every file list holds exactly the samples to yield, so PARTIAL only trims a short last val batch.
+        # reader_name=None: an external source that stops at the end of the epoch (pipeline.array_dali).
         self._dali = DALIGenericIterator(
             pipe,
             ["images", "labels"],
-            reader_name="Reader",
+            reader_name=reader_name,
             last_batch_policy=LastBatchPolicy.PARTIAL,
             auto_reset=False,
         )

@@ -2,6 +2,8 @@
 
 Train: decode a random-area crop (RandomResizedCrop semantics) → resize to S×S → random flip → normalize.
 Val:   decode → resize the shorter side to round(S / val_resize_ratio) → center crop S×S → normalize.
+With ``Recipe.pad`` set (small images already S×S, e.g. Tiny-ImageNet): train decodes, zero-pads ``pad`` pixels,
+crops S×S at a random offset, flips, normalizes (CIFAR-style); val decodes, center-crops S×S, normalizes.
 GPU mode decodes with ``device="mixed"`` (nvJPEG + the hardware decoder) and runs the rest on the GPU;
 CPU mode (pipeline ``device_id=None``) runs every operator on the CPU. Both give float32 NCHW images
 and int32 labels of shape [B, 1].
@@ -26,6 +28,7 @@ class Recipe:
     mean: tuple[float, float, float]  # per RGB channel, 0..1 units like torchvision
     std: tuple[float, float, float]
     val_resize_ratio: float  # val: crop size / shorter side after resize (0.875 → 224 from 256)
+    pad: int | None = None  # None: the recipe above; n: pad-and-crop (images are expected at S×S)
 
 
 def build_pipeline(
@@ -60,7 +63,17 @@ def build_pipeline(
 
     with pipe:
         jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="Reader")
-        if recipe.train:
+        if recipe.pad is not None:
+            images = fn.decoders.image(jpegs, **decoder_args)
+            mirror = 0
+            crop = (size, size)  # val: centered
+            if recipe.train:  # anchor relative to the image: -pad..pad in rows and columns
+                anchor = fn.random.uniform(values=list(range(-recipe.pad, recipe.pad + 1)), shape=[2], dtype=types.INT32)
+                images = fn.slice(images, start=anchor, shape=[size, size], axes=[0, 1], out_of_bounds_policy="pad",
+                                  fill_values=0, device=op_device)
+                mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
+                crop = None
+        elif recipe.train:
             images = fn.decoders.image_random_crop(
                 jpegs,
                 random_area=list(recipe.crop_scale),

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # "folder": <root>/{train,val}/<class>/*.jpg; "digits": the embedded demo set
+    dataset: str = "folder"  # "folder": <root>/{train,val}/<class>/*.jpg; "digits": the embedded demo set;
+    # cifar10/cifar100: the python-format pickles; tinyimagenet: its distributed layout (val_annotations.txt)
     root: str = ""
     image_size: int = 224
     batch_size: int = 256  # N, per process
@@ -38,6 +39,8 @@ class DataConfig:
     file_list: str = ""  # optional: only these files (paths relative to root, e.g. from `launch.py scan`)
     preflight: bool = True  # check every file (exists, non-empty, JPEG/PNG magic) before training starts
     skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
+    crop_padding: int = 4  # cifar*/tinyimagenet: zero padding (px) before the random crop (folder sets: crop_scale)
+    cifar_loader: str = "dali"  # cifar*: dali (external source) | tensor (whole set on the device, tensor ops)
 
 
 @dataclass
@@ -118,7 +121,8 @@ class Config:
 
 
 CHOICES = {
-    "data.dataset": ("folder", "digits"),
+    "data.dataset": ("folder", "digits", "cifar10", "cifar100", "tinyimagenet"),
+    "data.cifar_loader": ("dali", "tensor"),
     "data.dali_device": ("auto", "cpu", "gpu"),
     "selection.method": ("none", "kd", "random", "unix"),
     "selection.criterion": ("entropy", "confidence", "margin"),
@@ -296,6 +300,10 @@ def validate(cfg: Config) -> None:
     need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
          "[min, max] with 0 < min <= max", d.crop_ratio)
     need(0 < d.val_resize_ratio <= 1, "data.val_resize_ratio", "in (0, 1]", d.val_resize_ratio)
+    need(d.crop_padding >= 0, "data.crop_padding", ">= 0", d.crop_padding)
+    native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}.get(d.dataset)
+    need(native is None or d.image_size == native, "data.image_size", f"{native} for data.dataset={d.dataset}",
+         d.image_size)
 
     need(bool(m.student), "model.student", "a timm model name or tv/<torchvision name>", m.student)
     need(s.method == "none" or bool(m.teacher), "model.teacher", "a timm model name or tv/<torchvision name>",

@@ -7,15 +7,17 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from pipeline import DaliLoader, FolderIndex, ensure_digits_dataset, preflight, restrict, scan_folder
+from pipeline import (ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset, preflight,
+                      read_cifar, restrict, scan_folder, scan_tinyimagenet)
+from pipeline.cifar import STATS as CIFAR_STATS
 
 from .config import Config
 
 
 @dataclass
 class Data:
-    train: DaliLoader
-    val: DaliLoader
+    train: DaliLoader | ArrayDaliLoader | TensorLoader  # same interface: len, set_epoch, (images, labels)
+    val: DaliLoader | ArrayDaliLoader | TensorLoader
     classes: list[str]
     root: Path
 
@@ -35,8 +37,11 @@ def build_data(cfg: Config, accelerator) -> Data:
     root = dataset_root(cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()  # the main process builds the demo set; the others then find it
     root = root or dataset_root(cfg)
-    train_index: FolderIndex = scan_folder(root, "train")
-    val_index: FolderIndex = scan_folder(root, "val")
+    if cfg.data.dataset in CIFAR_STATS:
+        return build_cifar_data(cfg, accelerator, root)
+    scan = scan_tinyimagenet if cfg.data.dataset == "tinyimagenet" else scan_folder
+    train_index: FolderIndex = scan(root, "train")
+    val_index: FolderIndex = scan(root, "val")
     if val_index.classes != train_index.classes:
         raise ValueError(f"data.root={root}: val/ and train/ have different class folders")
     if cfg.data.file_list:
@@ -45,6 +50,7 @@ def build_data(cfg: Config, accelerator) -> Data:
     if cfg.data.preflight:
         train_index, val_index = checked(train_index, val_index, cfg, Path(root).resolve(), accelerator)
     d = cfg.data
+    pad = d.crop_padding if d.dataset == "tinyimagenet" else None  # Tiny-ImageNet: CIFAR-style pad-and-crop
     common = dict(
         image_size=d.image_size,
         num_shards=accelerator.num_processes,
@@ -56,6 +62,7 @@ def build_data(cfg: Config, accelerator) -> Data:
         num_threads=d.num_threads,
         hw_decoder_load=d.hw_decoder_load,
         val_resize_ratio=d.val_resize_ratio,
+        pad=pad,
     )
     train = DaliLoader(train_index, train=True, batch_size=d.batch_size, crop_scale=tuple(d.crop_scale),
                        crop_ratio=tuple(d.crop_ratio), hflip=d.hflip, **common)
@@ -95,3 +102,21 @@ def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accel
         print(f"pre-flight: skipping {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''})")
     drop = {b.path for b in bad}
     return (restrict(train, set(train.files) - drop), restrict(val, set(val.files) - drop))
+
+
+def build_cifar_data(cfg: Config, accelerator, root: Path) -> Data:
+    """CIFAR-10/100 in memory; the test split is the val set. `data.cifar_loader` picks DALI or the tensor loader."""
+    d = cfg.data
+    train_arrays, test_arrays = read_cifar(root, d.dataset, "train"), read_cifar(root, d.dataset, "test")
+    mean, std = CIFAR_STATS[d.dataset]
+    common = dict(num_shards=accelerator.num_processes, shard_id=accelerator.process_index, seed=cfg.seed,
+                  pad=d.crop_padding, hflip=d.hflip, mean=mean, std=std, target_device=accelerator.device)
+    if d.cifar_loader == "dali":
+        loader = ArrayDaliLoader
+        common.update(device=d.dali_device, num_threads=d.num_threads,
+                      device_id=accelerator.local_process_index if accelerator.device.type == "cuda" else None)
+    else:
+        loader = TensorLoader
+    train = loader(train_arrays, train=True, batch_size=d.batch_size, **common)
+    val = loader(test_arrays, train=False, batch_size=d.val_batch_size or d.batch_size, **common)
+    return Data(train=train, val=val, classes=train_arrays.classes, root=Path(root))
