@@ -90,6 +90,19 @@ class CifarNet(nn.Module):
             return x, intermediates
         return self.final(x), intermediates
 
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the features at `indices` do not need (timm's features_only calls this); returns the indices."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index < len(self.stages):
+            self.stages = self.stages[:max_index]
+            self.final = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_head = True  # the head was sized for the last stage
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
