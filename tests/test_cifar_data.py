@@ -187,3 +187,20 @@ def test_cifar_config_mistakes_are_one_line(override, needle):
     with pytest.raises(ConfigError) as info:
         load_config("configs/cifar100/resnet56_resnet20.yaml", [override])
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name,loader", [("cifar10", "tensor"), ("cifar100", "dali")])
+def test_build_data_serves_cifar_to_the_trainer(tmp_path, name, loader):
+    from accelerate import Accelerator
+
+    from training.data import build_data
+
+    write_cifar(tmp_path, name, n_train=64, n_test=10)
+    cfg = load_config("configs/cifar100/resnet56_resnet20.yaml",
+                      [f"data.root={tmp_path}", f"data.dataset={name}", f"data.cifar_loader={loader}",
+                       "data.batch_size=32", "selection.k=24", "selection.b=16", "data.val_batch_size=8"])
+    data = build_data(cfg, Accelerator(cpu=True))
+    assert type(data.train).__name__ == {"tensor": "TensorLoader", "dali": "ArrayDaliLoader"}[loader]
+    assert len(data.classes) == (10 if name == "cifar10" else 100) and len(data.train) == 2 and len(data.val) == 2
+    expected_mean = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": CIFAR100_MEAN}[name]
+    assert data.train.mean == expected_mean and data.train.pad == 4

@@ -76,3 +76,19 @@ def test_dali_train_images_are_padded_crops_of_the_decoded_images(tiny_root):
         assert len(found) == 1, (i, found)
         placements_seen.add(found[0])
     assert len(placements_seen) > 1  # random placements, not a fixed one
+
+
+def test_build_data_reads_tinyimagenet_for_the_trainer(tiny_root):
+    from accelerate import Accelerator
+
+    from training.config import load_config
+    from training.data import build_data
+
+    cfg = load_config("configs/tinyimagenet/resnet56_resnet20.yaml",
+                      [f"data.root={tiny_root}", "data.batch_size=4", "selection.k=3", "data.num_threads=1"])
+    data = build_data(cfg, Accelerator(cpu=True))
+    assert data.classes == ["n01", "n02", "n03"] and len(data.train) == 3 and len(data.val) == 2
+    data.train.set_epoch(0)
+    images, labels = next(iter(data.train))
+    assert images.shape == (4, 3, 64, 64) and labels.dtype.is_floating_point is False
+    assert data.train.recipe.pad == 8  # the config's crop_padding reaches DALI's pad-and-crop recipe
