@@ -22,8 +22,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
 
-CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)  # as in the UNIX authors' code
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
 
 
 def conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
