@@ -325,7 +325,9 @@ def validate(cfg: Config) -> None:
          m.teacher_checkpoint)
     need(m.num_classes >= 0, "model.num_classes", ">= 0 (0: from the dataset)", m.num_classes)
 
-    if isinstance(s.k, float):
+    if s.budget is not None:
+        pass  # the budget mode chooses k (selection.k is not used)
+    elif isinstance(s.k, float):
         need(0 < s.k <= 1, "selection.k", "a count in [1, data.batch_size] or a fraction in (0, 1]", s.k)
     else:
         need(1 <= s.k <= d.batch_size, "selection.k",

@@ -66,6 +66,7 @@ def _has_extra(sampling: dict) -> bool:
 
 def heatmap(sampling: dict, method: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     classes, epochs = sampling["classes"], sampling["epochs"]
     panels = [("main rows (KD on the selected images)", _share(sampling["selected"], sampling["seen"]))]
@@ -77,6 +78,7 @@ def heatmap(sampling: dict, method: str, path: Path) -> Path:
         im = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis",
                        extent=(min(epochs) - 0.5, max(epochs) + 0.5, len(classes) - 0.5, -0.5))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("class")
         if len(classes) <= 60:
             ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -109,7 +111,7 @@ def selected_vs_accuracy(sampling: dict, method: str, path: Path) -> Path:
     r = np.corrcoef(times, accuracy)[0, 1] if times.std() > 0 and accuracy.std() > 0 else float("nan")
     ax.set_xlabel(f"{what}, summed over {len(sampling['epochs'])} epoch(s)")
     ax.set_ylabel(f"val top-1 of the class, % (step {last['step']})")
-    ax.set_title(f"{method}: {what} vs per-class accuracy (Pearson r = {r:.2f})", fontsize=9)
+    ax.set_title(f"{method}: {what}\nvs per-class val top-1 (Pearson r = {r:.2f})", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -123,7 +125,7 @@ def curves(rows: list[dict], method: str, path: Path) -> Path:
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "top1" in r]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], marker=".")
     axes[0].set_title("training loss (mean over the logging interval)", fontsize=9)
     axes[1].plot([r["step"] for r in evals], [r["top1"] for r in evals], marker="o")
     teacher = next((r["teacher_top1"] for r in reversed(rows) if "teacher_top1" in r), None)
@@ -131,7 +133,7 @@ def curves(rows: list[dict], method: str, path: Path) -> Path:
         axes[1].axhline(teacher, color="gray", linestyle="--", label=f"teacher {teacher:.1f}")
         axes[1].legend(fontsize=8)
     axes[1].set_title("val top-1, %", fontsize=9)
-    axes[2].plot([r["step"] for r in train], [r["cost_fraction"] for r in train])
+    axes[2].plot([r["step"] for r in train], [r["cost_fraction"] for r in train], marker=".")
     axes[2].axhline(1.0, color="gray", linestyle="--", label="conventional KD")
     axes[2].legend(fontsize=8)
     axes[2].set_title("cost so far, share of KD's FLOPs (B_s = F_s)", fontsize=9)
