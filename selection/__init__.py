@@ -23,8 +23,8 @@ from .selectors import (
 )
 from .uncertainty import CRITERIA, uncertainty
 from .unix import UnixMix, correction_factor, mix, unix_mix
-from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # noqa: E402 - registers them
-from .tl import TLCutMixPickSelector, TLCutMixSelector, TLMixupSelector  # noqa: E402 - registers them
+from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # importing registers them
+from .tl import TLCutMixPickSelector, TLCutMixSelector, TLMixupSelector  # importing registers them
 
 METHODS = tuple(SELECTORS)  # every registered method, in registration order
 
