@@ -4,6 +4,7 @@
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
+    python launch.py report  runs/demo      (PNGs of a finished run: sampling heatmap, selected vs accuracy, curves)
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 
 A mistake in the command line or the config is one line on stderr and exit code 2 (UNIXKD_DEBUG=1 shows the
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
+    p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
     args = parser.parse_args(argv)
 
     from training.config import ConfigError
@@ -144,11 +147,20 @@ def cmd_scan(args) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_report(args) -> int:
+    from training.report import draw_report
+
+    for path in draw_report(args.out_dir):
+        print(path)
+    return 0
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan,
+            "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -173,6 +173,11 @@ class DaliLoader:
         return epoch
 
     def _indices(self):
+        return self.sample_order(self.epoch)
+
+    def sample_order(self, epoch: int):
+        """Indices into ``index.files`` that this rank reads in ``epoch``, in order from batch 0 (batch ``b`` is
+        ``[b * batch_size, (b + 1) * batch_size)`` of it, also after a mid-epoch resume)."""
         return epoch_indices(
             len(self.index.files),
             train=self.train,
@@ -180,7 +185,7 @@ class DaliLoader:
             num_shards=self.num_shards,
             shard_id=self.shard_id,
             seed=self.seed,
-            epoch=self.epoch,
+            epoch=epoch,
         )
 
 

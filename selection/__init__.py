@@ -1,13 +1,15 @@
-"""Which images the teacher sees: uncertainty, the pure UNIX core, and selectors (KD, Random+KD, UNIX).
+"""Which images the teacher sees: uncertainty, the pure UNIX core, and one selector per method.
 
-Knows tensors and a student callable; nothing of DALI or Accelerate. Formulas: SPEC.md §2.
+KD, Random+KD, UNIX (selectors.py); the UNIX paper's ablations (ablations.py); TL-augmentation (tl.py).
+Knows tensors and a student callable; nothing of DALI or Accelerate. Formulas: SPEC.md §2-§3.
 """
 
 from .selectors import (
-    METHODS,
+    PICK_CRITERIA,
     SCORE_MODES,
     SELECTORS,
     KDSelector,
+    LossWeights,
     RandomSelector,
     Selection,
     Selector,
@@ -16,14 +18,20 @@ from .selectors import (
     register,
     resolve_b,
     resolve_k,
+    resolve_n_pick,
     score,
 )
 from .uncertainty import CRITERIA, uncertainty
 from .unix import UnixMix, correction_factor, mix, unix_mix
+from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # importing registers them
+from .tl import TLCutMixPickSelector, TLCutMixSelector, TLMixupSelector  # importing registers them
+
+METHODS = tuple(SELECTORS)  # every registered method, in registration order
 
 __all__ = [
-    "CRITERIA", "METHODS", "SCORE_MODES", "SELECTORS",
-    "KDSelector", "RandomSelector", "Selection", "Selector", "UnixMix", "UnixSelector",
-    "build_selector", "correction_factor", "mix", "register", "resolve_b", "resolve_k", "score",
-    "uncertainty", "unix_mix",
+    "CRITERIA", "METHODS", "PICK_CRITERIA", "SCORE_MODES", "SELECTORS",
+    "KDSelector", "LossWeights", "MixupSelector", "NonAdaptiveSelector", "RandomSelector", "Selection", "Selector",
+    "TLCutMixPickSelector", "TLCutMixSelector", "TLMixupSelector", "UncertaintySelector", "UnixMix",
+    "UnixSelector", "build_selector", "correction_factor", "mix", "register", "resolve_b", "resolve_k",
+    "resolve_n_pick", "score", "uncertainty", "unix_mix",
 ]

@@ -1,7 +1,8 @@
 """Selectors: from a batch (images, labels) and the student to the rows the teacher and student see.
 
-One `Selector` per method (SPEC §2: KD, Random+KD, UNIX). Each owns a seeded numpy Generator that
-draws λ, the partner permutation and random subsets on the host, so the tensor math stays pure
+One `Selector` per method: KD, Random+KD and UNIX here (SPEC §2); the Table 5 ablations in
+selection/ablations.py; TL-augmentation in selection/tl.py (SPEC §3). Each owns a seeded numpy Generator
+that draws λ, the partner permutation and random subsets on the host, so the tensor math stays pure
 (selection/unix.py) and `state_dict()` resumes the draws exactly. A new method is one small class
 with `@register("name")`; `build_selector` passes it the options its `__init__` names.
 """
@@ -22,20 +23,40 @@ from .uncertainty import check_criterion
 from .unix import unix_mix
 
 SCORE_MODES = ("train", "eval")
+PICK_CRITERIA = ("kl", "teacher_entropy", "student_entropy")
 
 Student = Callable[[Tensor], Tensor]  # images [N, ...] -> logits [N, classes]
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the parts of one step's loss, when a method fixes them (TL: α = 0.9 -> 0.1·CE + 0.9·KD)."""
+
+    ce: float        # CE on the main rows (mixed labels where mixed)
+    kd: float        # KD (KL·T²) on the main rows
+    extra_kd: float  # KD on the extra teacher-labelled view (no CE there)
+
+
 @dataclass
 class Selection:
-    """The rows to distil on, and what the optional CE and the cost ledger need about them."""
+    """The rows to distil on, and what the optional CE, the cost ledger and the analytics need about them.
+
+    Main rows `x` get KD (+ optional CE with mixed labels). A method may add an `extra` view that the
+    teacher labels and the student learns by KL only (TL-augmentation, SPEC §3); if the selector already
+    ran the teacher on it (pick), it hands those logits on so the step does not pay twice.
+    """
 
     x: Tensor                 # [k, ...] rows for teacher + student
     y: Tensor | None          # [k] labels of the base images (None if labels not given)
     y_partner: Tensor | None  # [k] labels of the partners (None when not mixed)
     m: Tensor | None          # [k] partner weights (None when not mixed); CE = (1-m)CE(y)+m CE(y_partner)
     index: Tensor             # [k] batch row of each base image (for sampling analytics)
-    scored: int               # images the no-grad scoring forward ran on (N for unix, 0 for kd/random)
+    scored: int               # images the no-grad student scoring forward ran on (N for unix, 0 for kd/random)
+    extra: Tensor | None = None                 # [n, ...] extra view, KL only (TL); None for UNIX-family methods
+    extra_index: Tensor | None = None           # [n] batch row of the base image of each extra row
+    extra_teacher_logits: Tensor | None = None  # [n, classes] teacher logits the selector already computed
+    teacher_scored: int = 0                     # images the no-grad teacher forward ran on inside selection
+    weights: LossWeights | None = None          # None: the config's loss.ce_weight / loss.kd_weight
 
 
 # ---- option checks: one-line ValueErrors that name the key and what is allowed ----
@@ -99,6 +120,44 @@ def check_score_mode(score_mode: str) -> None:
         raise ValueError(f"selection.score_mode={score_mode!r} is not one of {', '.join(SCORE_MODES)}")
 
 
+def check_tl_alpha(tl_alpha) -> None:
+    """TL's loss split: (1 - α)·CE + α·KD; α in [0, 1]."""
+    if isinstance(tl_alpha, bool) or not isinstance(tl_alpha, numbers.Real) or not 0 <= tl_alpha <= 1:
+        raise ValueError(f"selection.tl_alpha={tl_alpha!r} must be a number in [0, 1]")
+
+
+def check_pool(pool) -> None:
+    """Mixed views per image in the pick pool: an int >= 2 (SPEC §3)."""
+    if isinstance(pool, bool) or not isinstance(pool, numbers.Integral) or pool < 2:
+        raise ValueError(f"selection.pool={pool!r} must be an int >= 2 (mixed views per image)")
+
+
+def check_pick_criterion(pick_criterion: str) -> None:
+    if pick_criterion not in PICK_CRITERIA:
+        raise ValueError(f"selection.pick_criterion={pick_criterion!r} is not one of {', '.join(PICK_CRITERIA)}")
+
+
+def check_n_pick(n_pick, pool: int) -> None:
+    """n_pick is an int count >= 1 or a float fraction of N in (0, pool] (N is not known yet)."""
+    if isinstance(n_pick, bool) or not isinstance(n_pick, numbers.Real):
+        raise ValueError(f"selection.n_pick={n_pick!r} must be an int count >= 1 or a float fraction of N")
+    if isinstance(n_pick, numbers.Integral):
+        if n_pick < 1:
+            raise ValueError(f"selection.n_pick={n_pick} must be at least 1 (or a fraction of N)")
+    elif not 0 < n_pick <= pool:
+        raise ValueError(f"selection.n_pick={n_pick} must be a fraction of N in (0, pool = {pool}]")
+
+
+def resolve_n_pick(n_pick, N: int, pool: int) -> int:
+    """Pool rows to train on: an int count 1 <= n <= pool·N, or a float fraction of N -> max(1, round(n·N))."""
+    check_n_pick(n_pick, pool)
+    if isinstance(n_pick, numbers.Integral):
+        if n_pick > pool * N:
+            raise ValueError(f"selection.n_pick={n_pick} must be in [1, pool·N = {pool * N}]")
+        return int(n_pick)
+    return max(1, int(round(n_pick * N)))
+
+
 # ---- the scoring forward (SPEC §2 step 1) ----
 
 def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor:
@@ -143,9 +202,15 @@ def register(name: str):
 
 
 class Selector:
-    """Turns (images [N, ...], labels [N] or None, student) into a Selection; owns its RNG."""
+    """Turns (images [N, ...], labels [N] or None, student) into a Selection; owns its RNG.
+
+    `scores_batch`: the method runs the no-grad student forward on all N images (the budget mode charges
+    it). `needs_teacher`: `select` also takes `teacher=` (a callable, eval mode) for scoring (pick).
+    """
 
     name = "base"
+    scores_batch = False
+    needs_teacher = False
 
     def __init__(self, *, seed: int = 0):
         self.rng = np.random.default_rng(seed)
@@ -205,6 +270,8 @@ class RandomSelector(Selector):
 class UnixSelector(Selector):
     """UNIX (SPEC §2 steps 1-8): score all N, sort by uncertainty, mix with a random partner, keep k."""
 
+    scores_batch = True
+
     def __init__(self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy",
                  score_mode: str = "train", *, seed: int = 0):
         super().__init__(seed=seed)
@@ -231,14 +298,14 @@ class UnixSelector(Selector):
         return Selection(x=mix.x, y=y, y_partner=y_partner, m=mix.m, index=mix.rank, scored=N)
 
 
-METHODS = tuple(SELECTORS)
-
-
 def build_selector(method: str, *, k=None, alpha: float = 1.0, w: float = 10.0, b=None,
-                   criterion: str = "entropy", score_mode: str = "train", seed: int = 0) -> Selector:
+                   criterion: str = "entropy", score_mode: str = "train", tl_alpha: float = 0.9, pool: int = 2,
+                   n_pick=1.0, pick_criterion: str = "kl", temperature: float = 4.0, seed: int = 0) -> Selector:
     """The selector for `method` (one of METHODS), given the options it uses (the rest are checked, unused).
 
     k: int count or float fraction of each batch; b: None (N // 2), int count or fraction in (0, 1).
+    TL (selection/tl.py): tl_alpha splits the clean-batch loss; pool, n_pick, pick_criterion and the KD
+    temperature drive the pick.
     """
     if method not in SELECTORS:
         raise ValueError(f"selection.method={method!r} is not one of {', '.join(SELECTORS)}")
@@ -249,8 +316,13 @@ def build_selector(method: str, *, k=None, alpha: float = 1.0, w: float = 10.0, 
     check_b(b)
     check_criterion(criterion)
     check_score_mode(score_mode)
+    check_tl_alpha(tl_alpha)
+    check_pool(pool)
+    check_n_pick(n_pick, pool)
+    check_pick_criterion(pick_criterion)
     cls = SELECTORS[method]
-    options = dict(k=k, alpha=alpha, w=w, b=b, criterion=criterion, score_mode=score_mode, seed=seed)
+    options = dict(k=k, alpha=alpha, w=w, b=b, criterion=criterion, score_mode=score_mode, tl_alpha=tl_alpha,
+                   pool=pool, n_pick=n_pick, pick_criterion=pick_criterion, temperature=temperature, seed=seed)
     params = inspect.signature(cls.__init__).parameters
     for name, param in params.items():
         if param.default is inspect.Parameter.empty and options.get(name, ...) is None:

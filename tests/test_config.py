@@ -182,3 +182,57 @@ def test_defaults_need_a_dataset_and_a_teacher():
         load_config(None)
     cfg = load_config(None, NEEDED)
     assert isinstance(cfg, Config) and cfg.selection.method == "unix" and cfg.selection.b is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the methods of both papers, TL and pick options, feature losses, the budget mode
+
+
+def test_config_methods_are_the_registered_selectors():
+    from selection import METHODS
+    from training.config import CHOICES
+
+    assert CHOICES["selection.method"] == ("none", *METHODS)
+
+
+def test_new_keys_load():
+    cfg = load_config(str(DEMO), ["selection.method=tlcutmix_pick", "selection.pool=3", "selection.n_pick=96",
+                                  "selection.pick_criterion=student_entropy", "selection.tl_alpha=0.5",
+                                  "loss.feature=at", "loss.teacher_layers=[layer3,layer4]",
+                                  "loss.student_layers=[stage3,stage4]"])
+    s = cfg.selection
+    assert (s.method, s.pool, s.n_pick, s.pick_criterion, s.tl_alpha) == ("tlcutmix_pick", 3, 96,
+                                                                          "student_entropy", 0.5)
+    assert cfg.loss.feature == "at" and cfg.loss.teacher_layers == ["layer3", "layer4"]
+    assert (cfg.loss.at_weight, cfg.loss.sp_weight) == (1000.0, 3000.0)
+    b = load_config(str(DEMO), ["selection.budget=0.8"]).selection
+    assert b.budget == 0.8 and b.budget_convention == "paper" and load_config(str(DEMO)).selection.budget is None
+    assert load_config(str(DEMO), ["selection.budget=0.8", "selection.k=500"]).selection.k == 500  # k unused
+
+
+def test_tl_methods_need_no_loss_weights():
+    # TL replaces loss.ce_weight / loss.kd_weight by (1 - tl_alpha, tl_alpha): zero weights are fine there
+    load_config(str(DEMO), ["selection.method=tlmixup", "loss.kd_weight=0", "loss.ce_weight=0"])
+    with pytest.raises(ConfigError, match="loss.kd_weight"):
+        load_config(str(DEMO), ["selection.method=unix", "loss.kd_weight=0", "loss.ce_weight=0"])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["selection.pool=1"], "selection.pool"),
+    (["selection.n_pick=0"], "selection.n_pick"),
+    (["selection.n_pick=200"], "pool·N = 128"),
+    (["selection.n_pick=2.5"], "selection.n_pick"),
+    (["selection.pick_criterion=loss"], "kl, teacher_entropy, student_entropy"),
+    (["selection.tl_alpha=1.5"], "selection.tl_alpha"),
+    (["selection.budget=0"], "selection.budget"),
+    (["selection.budget=0.8", "selection.method=tlcutmix"], "with selection.budget"),
+    (["selection.budget=0.8", "selection.method=kd"], "with selection.budget"),
+    (["selection.budget_convention=flops"], "paper, measured"),
+    (["loss.feature=fitnet"], "none, at, sp"),
+    (["loss.at_weight=-1"], "loss.at_weight"),
+    (["selection.method=none", "loss.ce_weight=1", "loss.feature=at"], "loss.feature"),
+])
+def test_new_keys_one_line_errors(overrides, needle):
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_config(str(DEMO), overrides)
+    assert "\n" not in str(e.value)

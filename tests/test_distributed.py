@@ -78,6 +78,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def assert_same_sampling(a: Path, b: Path) -> None:
+    """The sampling analytics of a resumed run equal the uninterrupted run's (counts carried in checkpoints)."""
+    sa, sb = (json.loads((p / "sampling.json").read_text()) for p in (a, b))
+    assert sa == sb
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, digits_root, teacher_ckpt):
     """Uninterrupted runs, one per process count, that the interrupted ones must reproduce bit for bit."""
@@ -99,6 +105,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(tmp_path, digits_
     rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["world_size"] == nproc and rows[-1]["val_images"] == 359  # val covered once across ranks
     assert rows[-1]["teacher_images"] == STEPS * K * nproc
+    sampling = json.loads((ref / "sampling.json").read_text())
+    assert sampling["epochs"] == [0] and sum(sampling["seen"][0]) == STEPS * 16 * nproc  # summed over ranks
+    assert sum(sampling["selected"][0]) == STEPS * K * nproc
 
     kill_after = random.Random().choice(range(EVERY, 10, EVERY))
     proc = start(nproc, train_args(tmp_path, digits_root, teacher_ckpt))
@@ -110,6 +119,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(tmp_path, digits_
     out = finish(start(nproc, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
     assert "resumed from" in out
     assert_same_weights(ref, tmp_path)
+    assert_same_sampling(ref, tmp_path)
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes_bitwise(tmp_path, digits_root, teacher_ckpt, reference):
@@ -124,6 +134,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_bitwise(tmp_path, digits_r
 
     finish(start(1, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
     assert_same_weights(reference(1), tmp_path)
+    assert_same_sampling(reference(1), tmp_path)  # the preempted run wrote its part of epoch 0; merged on resume
 
 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, digits_root, teacher_ckpt):

@@ -237,7 +237,8 @@ def test_resolve_k_message():
 
 
 def test_build_selector_types():
-    assert METHODS == ("kd", "random", "unix")
+    assert METHODS == ("kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup", "tlcutmix",
+                       "tlcutmix_pick")
     assert isinstance(build_selector("kd", k=48), KDSelector)  # options a method does not use are allowed
     assert isinstance(build_selector("random", k=48), RandomSelector)
     s = build_selector("unix", k=48, alpha=0.2, w=1.0, b=0.5, criterion="margin", score_mode="eval", seed=1)
@@ -246,7 +247,7 @@ def test_build_selector_types():
 
 
 @pytest.mark.parametrize("method,kwargs,match", [
-    ("mixup", {}, "kd, random, unix"),
+    ("cutout", {}, "kd, random, unix, uncertainty, mixup, nonadaptive, tlmixup, tlcutmix, tlcutmix_pick"),
     ("unix", {}, "selection.k is required"),
     ("random", {}, "selection.k is required"),
     ("unix", dict(k=4, criterion="variance"), "entropy, confidence, margin"),

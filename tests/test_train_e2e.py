@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -140,3 +141,68 @@ def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_r
     assert [r["method"] for r in rows] == ["kd", "unix"]
     assert rows[0]["cost_fraction"] == 1.0 and rows[1]["cost_fraction"] < 1.0
     assert rows[0]["teacher_top1"] == rows[1]["teacher_top1"] == pytest.approx(teacher_rows[-1]["top1"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every other method of both papers, a few steps each, through the same trainer
+
+
+def cost_formula(method, Ft, Fs, k=K, n_pick=N):
+    """SPEC §1/§3 with B_s = F_s: images through teacher, student forward and backward, per KD image."""
+    teacher, fwd, bwd = {
+        "uncertainty": (k, N + k, k), "nonadaptive": (k, N + k, k), "mixup": (k, k, k),
+        "tlmixup": (2 * N, 2 * N, 2 * N), "tlcutmix": (2 * N, 2 * N, 2 * N),
+        "tlcutmix_pick": (N + 2 * N, 2 * N + N + n_pick, N + n_pick),  # pool 2N scored by both models
+    }[method]
+    return (teacher * Ft + (fwd + bwd) * Fs) / (N * (Ft + 2 * Fs))
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("uncertainty", ["selection.criterion=margin"]),
+    ("mixup", ["selection.budget=0.5"]),  # the budget mode picks k = 16 of 32 (no scoring pass)
+    ("nonadaptive", ["loss.feature=at"]),  # with AT on the last three stages of both models
+    ("tlmixup", ["loss.feature=sp"]),
+    ("tlcutmix", []),
+    ("tlcutmix_pick", ["train.count_images=true"]),
+])
+def test_every_method_trains_and_its_cost_is_what_it_ran(tmp_path, digits_root, teacher_ckpt, method, extra,
+                                                         capsys):
+    steps = 2
+    cfg = small_config(tmp_path, digits_root, teacher_ckpt, f"selection.method={method}", f"train.max_steps={steps}",
+                       *extra)
+    summary = train(cfg)
+    assert torch.isfinite(torch.tensor([r["loss"] for r in read_rows(cfg.out_dir) if "loss" in r])).all()
+    Ft, Fs = per_image_forward_flops("test_resnet"), per_image_forward_flops("tv/shufflenet_v2_x0_5")
+    k = 16 if method == "mixup" else K
+    assert summary["cost_fraction"] == pytest.approx(cost_formula(method, Ft, Fs, k=k), rel=1e-9)
+    if method == "mixup":
+        assert "budget 0.5 of KD (paper convention" in capsys.readouterr().out
+        assert summary["teacher_images"] == steps * 16
+
+    sampling = json.loads((Path(cfg.out_dir) / "sampling.json").read_text())
+    assert sampling["epochs"] == [0] and sum(sampling["seen"][0]) == steps * N
+    main_rows = N if method.startswith("tl") else k
+    assert sum(sampling["selected"][0]) == steps * main_rows
+    assert sum(sampling["extra"][0]) == (steps * N if method.startswith("tl") else 0)
+    last = sampling["eval"][-1]
+    assert sum(last["per_class_total"]) == 359
+    assert 100 * sum(last["per_class_correct"]) / 359 == pytest.approx(summary["top1"])
+    assert "per_class_correct" not in summary  # the per-class counts live in sampling.json, not in metrics
+
+    if method == "tlcutmix_pick":  # per-image counts, and the report drawn from this run
+        images = np.load(Path(cfg.out_dir) / "sampling_images" / "epoch-0000.npy")
+        assert images.sum() == steps * (N + N) and images.shape == (1438,)
+        assert launch.main(["report", cfg.out_dir]) == 0
+        for name in ("sampling_heatmap.png", "selected_vs_accuracy.png", "curves.png"):
+            assert (Path(cfg.out_dir) / "report" / name).stat().st_size > 5000
+
+
+def test_budget_below_the_scoring_pass_is_refused_before_training(tmp_path, digits_root, teacher_ckpt, capsys):
+    code = launch.main(["train", "--config", str(launch_config()), f"out_dir={tmp_path / 'b'}", f"data.root={digits_root}",
+                        f"data.batch_size={N}", "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}",
+                        "teacher_train.train_if_missing=false", "selection.method=unix", "selection.budget=0.01",
+                        "train.progress=false"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scoring pass alone costs" in err[0]
+    assert not (tmp_path / "b" / "checkpoints").exists()

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -63,13 +63,21 @@ class TeacherTrainConfig:
 
 @dataclass
 class SelectionConfig:
-    method: str = "unix"  # none (plain CE, no teacher) | kd | random | unix
+    method: str = "unix"  # none (plain CE, no teacher) | one of METHODS below (selection/)
     k: Union[int, float] = 0.75  # count of the N images, or a fraction of N
-    alpha: float = 0.2  # lam ~ Beta(alpha, alpha)
+    alpha: float = 0.2  # lam ~ Beta(alpha, alpha), for every mixing method (TL paper: 1.0)
     w: float = 10.0  # correction-factor slope
     b: Union[int, float, None] = None  # how many images get c < 0.5; None: N // 2
     criterion: str = "entropy"  # entropy | confidence | margin
     score_mode: str = "train"  # BatchNorm mode of the scoring forward: train (authors) | eval
+    # TL-augmentation (tlmixup, tlcutmix, tlcutmix_pick): these replace loss.ce_weight / loss.kd_weight
+    tl_alpha: float = 0.9  # clean batch (1 - a)·CE + a·KD; extra view a·KL
+    pool: int = 2  # pick: CutMix views per image
+    n_pick: Union[int, float] = 1.0  # pick: pool rows trained on, a count or a fraction of N
+    pick_criterion: str = "kl"  # kl | teacher_entropy | student_entropy
+    # compute-budget mode: choose k so a run spends this share of conventional KD's FLOPs (replaces k)
+    budget: Optional[float] = None
+    budget_convention: str = "paper"  # paper (B_s = F_s) | measured
 
 
 @dataclass
@@ -77,6 +85,11 @@ class LossConfig:
     temperature: float = 4.0
     kd_weight: float = 1.0
     ce_weight: float = 0.0  # label-free by default; CIFAR "+label" 0.1/0.9, ImageNet "+label" 1.0/0.9
+    feature: str = "none"  # none | at | sp: a feature loss on the same rows as KD
+    at_weight: float = 1000.0
+    sp_weight: float = 3000.0
+    teacher_layers: list[str] = field(default_factory=list)  # module names; []: the last three stages
+    student_layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +115,7 @@ class TrainConfig:
     nonfinite: str = "stop"  # NaN/inf loss or gradient: stop (weights untouched) | skip the step | off
     preempt_check_every: int = 10  # steps between the ranks' agreement on a SIGTERM/SIGUSR1 (one all-reduce)
     progress: bool = True
+    count_images: bool = False  # sampling analytics per dataset image too (sampling_images/epoch-N.npy)
 
 
 @dataclass
@@ -124,13 +138,19 @@ CHOICES = {
     "data.dataset": ("folder", "digits", "cifar10", "cifar100", "tinyimagenet"),
     "data.cifar_loader": ("dali", "tensor"),
     "data.dali_device": ("auto", "cpu", "gpu"),
-    "selection.method": ("none", "kd", "random", "unix"),
+    "selection.method": ("none", "kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup",
+                         "tlcutmix", "tlcutmix_pick"),
     "selection.criterion": ("entropy", "confidence", "margin"),
     "selection.score_mode": ("train", "eval"),
+    "selection.pick_criterion": ("kl", "teacher_entropy", "student_entropy"),
+    "selection.budget_convention": ("paper", "measured"),
+    "loss.feature": ("none", "at", "sp"),
     "optim.schedule": ("step", "cosine", "constant"),
     "train.nonfinite": ("stop", "skip", "off"),
     "mixed_precision": ("no", "bf16", "fp16"),
 }
+BUDGET_METHODS = ("random", "unix", "uncertainty", "mixup", "nonadaptive")  # the methods that keep k rows
+TL_METHODS = ("tlmixup", "tlcutmix", "tlcutmix_pick")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -313,7 +333,9 @@ def validate(cfg: Config) -> None:
          m.teacher_checkpoint)
     need(m.num_classes >= 0, "model.num_classes", ">= 0 (0: from the dataset)", m.num_classes)
 
-    if isinstance(s.k, float):
+    if s.budget is not None:
+        pass  # the budget mode chooses k (selection.k is not used)
+    elif isinstance(s.k, float):
         need(0 < s.k <= 1, "selection.k", "a count in [1, data.batch_size] or a fraction in (0, 1]", s.k)
     else:
         need(1 <= s.k <= d.batch_size, "selection.k",
@@ -325,10 +347,27 @@ def validate(cfg: Config) -> None:
     elif s.b is not None:
         need(0 <= s.b <= d.batch_size, "selection.b", f"a count in [0, data.batch_size={d.batch_size}]", s.b)
 
+    need(0 <= s.tl_alpha <= 1, "selection.tl_alpha", "in [0, 1]", s.tl_alpha)
+    need(s.pool >= 2, "selection.pool", ">= 2 (CutMix views per image)", s.pool)
+    if isinstance(s.n_pick, float):
+        need(0 < s.n_pick <= s.pool, "selection.n_pick", f"a count >= 1 or a fraction of N in (0, pool={s.pool}]",
+             s.n_pick)
+    else:
+        need(1 <= s.n_pick <= s.pool * d.batch_size, "selection.n_pick",
+             f"a count in [1, pool·N = {s.pool * d.batch_size}] or a fraction of N", s.n_pick)
+    if s.budget is not None:
+        need(s.budget > 0, "selection.budget", "> 0 (a share of conventional KD's FLOPs) or null", s.budget)
+        need(s.method in BUDGET_METHODS, "selection.method",
+             "one of " + ", ".join(BUDGET_METHODS) + " with selection.budget (methods that keep k rows)", s.method)
+
     need(cfg.loss.temperature > 0, "loss.temperature", "> 0", cfg.loss.temperature)
+    need(cfg.loss.at_weight >= 0, "loss.at_weight", ">= 0", cfg.loss.at_weight)
+    need(cfg.loss.sp_weight >= 0, "loss.sp_weight", ">= 0", cfg.loss.sp_weight)
+    need(cfg.loss.feature == "none" or s.method != "none", "loss.feature", "none when selection.method=none",
+         cfg.loss.feature)
     need(cfg.loss.kd_weight >= 0, "loss.kd_weight", ">= 0", cfg.loss.kd_weight)
     need(cfg.loss.ce_weight >= 0, "loss.ce_weight", ">= 0", cfg.loss.ce_weight)
-    need(s.method == "none" or cfg.loss.kd_weight + cfg.loss.ce_weight > 0, "loss.kd_weight",
+    need(s.method in ("none", *TL_METHODS) or cfg.loss.kd_weight + cfg.loss.ce_weight > 0, "loss.kd_weight",
          "> 0 (or loss.ce_weight > 0)", cfg.loss.kd_weight)
     need(s.method != "none" or cfg.loss.ce_weight > 0, "loss.ce_weight",
          "> 0 when selection.method=none (plain CE training)", cfg.loss.ce_weight)

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy on the val loader, counted on device and reduced across processes once."""
+"""Top-1 / top-5 accuracy (and, if asked, per-class top-1) on the val loader, reduced across processes once."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import torch
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator) -> dict:
-    """Each process evaluates its shard (disjoint, covering the val set once); one all-reduce at the end."""
+def evaluate(model, loader, accelerator, num_classes: int | None = None) -> dict:
+    """Each process evaluates its shard (disjoint, covering the val set once); one all-reduce at the end.
+
+    With `num_classes`, also `per_class_correct` / `per_class_total` (lists of C ints: top-1 hits and images
+    per true class), for the sampling analytics.
+    """
     was_training = model.training
     model.eval()
-    counts = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # correct@1, correct@5, seen
+    C = num_classes or 0
+    # correct@1, correct@5, seen, then C per-class hits, then C per-class totals: one tensor, one reduce
+    counts = torch.zeros(3 + 2 * C, device=accelerator.device, dtype=torch.float64)
     loader.set_epoch(0)
     for images, labels in loader:
         with accelerator.autocast():
@@ -20,7 +26,14 @@ def evaluate(model, loader, accelerator) -> dict:
         counts[0] += hit[:, 0].sum()
         counts[1] += hit.any(dim=1).sum()
         counts[2] += labels.numel()
+        if C:
+            counts[3:3 + C] += torch.bincount(labels[hit[:, 0]], minlength=C)[:C]
+            counts[3 + C:] += torch.bincount(labels, minlength=C)[:C]
     model.train(was_training)
-    counts = accelerator.reduce(counts, reduction="sum")
-    c1, c5, n = counts.tolist()  # sync: once per evaluation
-    return {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "val_images": int(n)}
+    counts = accelerator.reduce(counts, reduction="sum").tolist()  # sync: once per evaluation
+    c1, c5, n = counts[:3]
+    result = {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "val_images": int(n)}
+    if C:
+        result["per_class_correct"] = [int(v) for v in counts[3:3 + C]]
+        result["per_class_total"] = [int(v) for v in counts[3 + C:]]
+    return result

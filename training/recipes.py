@@ -60,10 +60,10 @@ def run_methods(cfg: Config, methods: list[str]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<8} {'top1':>6} {'top5':>6} {'teacher imgs':>12} {'student fwd':>11} {'cost':>6} {'wall s':>7}"
+    head = f"{'method':<13} {'top1':>6} {'top5':>6} {'teacher imgs':>12} {'student fwd':>11} {'cost':>6} {'wall s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<8} {r['top1']:6.2f} {r['top5']:6.2f} {r['teacher_images']:12d} "
+        lines.append(f"{r['method']:<13} {r['top1']:6.2f} {r['top5']:6.2f} {r['teacher_images']:12d} "
                      f"{r['student_fwd_images']:11d} {r['cost_fraction']:6.3f} {r['wall_s']:7.1f}")
     t = rows[0].get("teacher_top1")
     if t is not None:

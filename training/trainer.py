@@ -20,10 +20,13 @@ from accelerate.utils import set_seed
 from selection import build_selector
 
 from . import checkpoint as ckpt
+from .analytics import SamplingLog
+from .budget import budget_k
 from .config import Config, save_config
 from .cost import CostLedger, forward_flops
 from .data import build_data
 from .evaluate import evaluate
+from .features import FeatureDistill, resolve_layers
 from .guards import NonFiniteError, PreemptionFlag
 from .models import create_model
 from .optim import build_optimizer, build_scheduler
@@ -66,6 +69,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     if main:
         _prepare_out_dir(out, _checkpoint_bytes(student, cfg.train.keep_checkpoints))
         save_config(cfg, out / "config.yaml")
+    C = len(data.classes)
+    sampling = SamplingLog(out, data.classes, accelerator.device, write=main, loader=data.train,
+                           count_images=cfg.train.count_images)
+    step_fn.on_select = sampling.observe  # which classes (and images) each step trains on
 
     step, epoch, start_batch, data_state = 0, 0, 0, None
     resume_from = ckpt.resolve_resume(cfg.resume, out)
@@ -79,6 +86,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         accelerator.load_state(str(resume_from))
         selector.load_state_dict(state["selector"])
         ledger.load_state_dict(state["ledger"])
+        sampling.load_state_dict(state.get("sampling"))
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
         data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
         if main:
@@ -92,7 +100,8 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
 
     def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
         state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
-                 "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state}
+                 "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state,
+                 "sampling": sampling.state_dict()}
         return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
     def cost_fields() -> dict:
@@ -113,6 +122,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                 data_state = None
             else:
                 data.train.set_epoch(epoch, start_batch=start_batch)
+            sampling.set_epoch(epoch, start_batch)
             batch_in_epoch = start_batch
             for images, labels in data.train:
                 try:
@@ -151,15 +161,18 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
 
             epoch_done = batch_in_epoch >= steps_per_epoch
             if epoch_done:
+                sampling.end_epoch(accelerator)  # every process: one all-reduce of the epoch's counts
                 epoch, start_batch = epoch + 1, 0
             else:
                 start_batch = batch_in_epoch
             if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
-                log.write({"step": step, "epoch": epoch - 1, **evaluate(student, data.val, accelerator),
-                           **cost_fields()})
+                result = sampling.record_eval(step, epoch - 1, evaluate(student, data.val, accelerator, C))
+                log.write({"step": step, "epoch": epoch - 1, **result, **cost_fields()})
             if epoch_done and not cfg.train.checkpoint_every:
                 save(start_batch, epoch)
     bar.close()
+    if sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
+        sampling.end_epoch(accelerator)
 
     # --- the end: final checkpoint, then (unless preempted) student weights and evaluation -------------
     latest = ckpt.latest_checkpoint(out)
@@ -172,7 +185,9 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         accelerator.wait_for_everyone()
         return summary
     accelerator.save_model(student, str(out / "final"))
-    summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
+    last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
+    result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
+    summary = {"step": step, "epoch": epoch, "final": True, **result,
                **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
     if run.teacher is not None:
         t_eval = evaluate(run.teacher, data.val, accelerator)
@@ -209,6 +224,13 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     S = cfg.data.image_size
     ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
 
+    features = None
+    if distill and cfg.loss.feature != "none":  # AT / SP: the layers, checked before the models move
+        L = cfg.loss
+        t_layers, s_layers = resolve_layers(cfg.model.teacher, teacher, cfg.model.student, student,
+                                            L.teacher_layers, L.student_layers)
+        features = FeatureDistill(L.feature, L.at_weight if L.feature == "at" else L.sp_weight, t_layers, s_layers)
+
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -216,12 +238,19 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     if teacher is not None:
         teacher.to(accelerator.device)
     s = cfg.selection
-    selector = build_selector("kd" if not distill else s.method, k=s.k, alpha=s.alpha, w=s.w, b=s.b,
-                              criterion=s.criterion, score_mode=s.score_mode,
+    k = s.k
+    if distill and s.budget is not None:  # compute-budget mode: the k that spends s.budget of KD's FLOPs
+        k, line = budget_k(s.method, s.budget, s.budget_convention, N=cfg.data.batch_size, Ft=ledger.Ft,
+                           Fs=ledger.Fs)
+        if accelerator.is_main_process:
+            print(line)
+    selector = build_selector("kd" if not distill else s.method, k=k, alpha=s.alpha, w=s.w, b=s.b,
+                              criterion=s.criterion, score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool,
+                              n_pick=s.n_pick, pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
                               seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
-                       nonfinite=cfg.train.nonfinite)
+                       nonfinite=cfg.train.nonfinite, features=features)
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
