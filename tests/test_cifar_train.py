@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import launch
 from synthetic_data import write_cifar
-from training.config import CHOICES, load_config
+from training.config import load_config
 from training.models import create_model
 from training.trainer import train
 
@@ -44,7 +44,6 @@ def test_cifar100_configs_follow_the_papers_recipe(path):
         assert cfg.model.teacher_checkpoint == f"runs/cifar100/teacher_{cfg.model.teacher}/final/model.safetensors"
 
 
-@pytest.mark.skipif("tlcutmix_pick" not in CHOICES["selection.method"], reason="tlcutmix_pick selector not merged yet")
 @pytest.mark.parametrize("path", TL_CONFIGS, ids=lambda p: p.stem)
 def test_tl_configs_follow_the_papers_recipe(path):
     cfg = load_config(str(path))
