@@ -21,7 +21,7 @@ from selection import build_selector
 
 from . import checkpoint as ckpt
 from .config import Config, save_config
-from .cost import CostLedger, forward_flops
+from .cost import CostLedger, measure_pair
 from .data import build_data
 from .evaluate import evaluate
 from .guards import NonFiniteError, PreemptionFlag
@@ -95,10 +95,8 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                  "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state}
         return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
-    def cost_fields() -> dict:
-        return {"teacher_images": ledger.teacher_images, "student_fwd_images": ledger.student_fwd_images,
-                "student_bwd_images": ledger.student_bwd_images, "cost_fraction": ledger.cost_fraction(),
-                "world_size": world}
+    def cost_fields() -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
+        return {**ledger.metrics(), "world_size": world}
 
     bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -173,7 +171,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         return summary
     accelerator.save_model(student, str(out / "final"))
     summary = {"step": step, "epoch": epoch, "final": True, **evaluate(student, data.val, accelerator),
-               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
+               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
     if run.teacher is not None:
         t_eval = evaluate(run.teacher, data.val, accelerator)
         summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
@@ -205,9 +203,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
                                checkpoint=cfg.model.teacher_checkpoint)
         teacher.eval().requires_grad_(False)
 
-    # Cost model, SPEC §1: per-image forward FLOPs measured once, before the models move.
-    S = cfg.data.image_size
-    ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
+    # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
+    ledger = CostLedger(*measure_pair(teacher, student, cfg.data.image_size))
 
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
