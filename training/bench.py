@@ -1,8 +1,9 @@
 """`bench`: each selector's training step on the same models, interleaved (A B C A B C ...), timed side by side.
 
 Every selector steps one shared run from `build_run` (the same student, teacher, optimizer and `DistillStep`;
-only the selector differs), so what is timed is exactly the training step. Interleaving spreads machine
-drift (other jobs, clocks, heat) over all of them equally; medians ignore the odd stall.
+only the selector differs), so what is timed is exactly the training step. Rounds of one step per selector
+(and per data mode, with --data both) spread machine drift (other jobs, clocks, heat) over all of them
+equally; medians ignore the odd stall.
 
 * synthetic: one random batch resident on the training device, stepped again and again: compute alone.
   Timed with CUDA events per step on a GPU (no host sync in between), perf_counter on a CPU.
@@ -35,12 +36,13 @@ PEERS = ("timm",)
 
 @dataclass
 class Runner:
-    """One thing being timed: a name, a step (images, labels) -> StepCounts, and where its batches come from."""
+    """One thing being timed: a step (images, labels) -> StepCounts in one data mode, and its records."""
 
+    mode: str  # synthetic | pipeline
     name: str
     step: Callable[[Tensor, Tensor], StepCounts]
     ledger: CostLedger
-    batches: Iterator | None = None  # pipeline mode
+    batches: Iterator | None = None  # pipeline mode: where its batches come from
     step_ms: list[float] = field(default_factory=list)
     data_wait_ms: list[float] = field(default_factory=list)
 
@@ -62,59 +64,57 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     accelerator = accelerator or make_accelerator(cfg)
     if accelerator.num_processes > 1:
         raise ValueError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
+    device, N = accelerator.device, cfg.data.batch_size
     modes = ["synthetic", "pipeline"] if data == "both" else [data]
     num_classes = num_classes_for(cfg, synthetic=modes == ["synthetic"])
     run = build_timed_run(cfg, accelerator, num_classes)
     costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
 
-    peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator) if peer == "timm" else None
+    steps_by_name = {}
+    for name in selectors:
+        step = copy.copy(run.step)  # the same models, optimizer and phases; its own selector
+        step.selector = make_selector(cfg, accelerator, name)
+        steps_by_name[name] = lambda x, y, step=step: step(x, y)[1]
+    peer_step = None
+    if peer == "timm":
+        peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator)
+        steps_by_name[peer_step.name] = peer_step
+    dali = peer_batches = None
+    if "pipeline" in modes:
+        from .data import build_data
 
-    def runners() -> list[Runner]:
-        out = []
-        for name in selectors:
-            step = copy.copy(run.step)  # the same models, optimizer and phases; its own selector
-            step.selector = make_selector(cfg, accelerator, name)
-            out.append(Runner(name, lambda x, y, step=step: step(x, y)[1], CostLedger(**costs)))
-        if peer_step is not None:
-            out.append(Runner(peer_step.name, peer_step, CostLedger(**costs)))
-        return out
+        dali = endless(build_data(cfg, accelerator).train)
+        peer_batches = peer_step.batches() if peer_step is not None else None
+    runners = [Runner(mode, name, fn, CostLedger(**costs),
+                      batches=None if mode == "synthetic" else peer_batches if fn is peer_step else dali)
+               for mode in modes for name, fn in steps_by_name.items()]
 
-    rows, data_alone = [], []
-    for mode in modes:
-        rs = runners()
-        if mode == "synthetic":
-            images, labels = synthetic_batch(cfg, num_classes, accelerator.device, seed=cfg.seed)
-            _time_synthetic(rs, images, labels, steps, warmup, accelerator.device)
-        else:
-            from .data import build_data
+    images = labels = None
+    if "synthetic" in modes:
+        images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)
+    _time_interleaved(runners, images, labels, steps, warmup, device)
+    data_alone = []
+    if dali is not None:
+        data_alone.append(_time_loader("DALI (this project's pipeline)", dali, steps, warmup, N, device))
+    if peer_batches is not None:
+        data_alone.append(_time_loader(peer_step.loader_name, peer_batches, steps, warmup, N, device))
 
-            dali = endless(build_data(cfg, accelerator).train)
-            peer_batches = peer_step.batches() if peer_step is not None else None
-            for r in rs:
-                r.batches = peer_batches if r.step is peer_step else dali
-            _time_pipeline(rs, steps, warmup, accelerator.device)
-            data_alone.append(_time_loader("DALI (this project's pipeline)", dali, steps, warmup,
-                                           cfg.data.batch_size, accelerator.device))
-            if peer_step is not None:
-                data_alone.append(_time_loader(peer_step.loader_name, peer_batches, steps, warmup,
-                                               cfg.data.batch_size, accelerator.device))
-        rows += _rows(mode, rs, cfg.data.batch_size, steps)
-
-    device = accelerator.device
     return {
         "kind": "unixkd bench",
         "environment": environment(device),
         "note": note,
         "args": {"selectors": selectors, "steps": steps, "warmup": warmup, "data": data, "peer": peer},
-        "timing": ("synthetic: CUDA events around each step, one sync at the end; " if device.type == "cuda" else
-                   "synthetic: time.perf_counter around each step; ") +
-                  "pipeline: perf_counter around data wait + step, device synced after each step; "
-                  "img/s = N / median step time; data alone: N x batches / total time",
+        "timing": ("interleaved over selectors and modes, warm-up rounds first. synthetic: " +
+                   ("CUDA events around each step, one sync at the end; " if device.type == "cuda" else
+                    "time.perf_counter around each step; ") +
+                   "pipeline: perf_counter around data wait + step, device synced after each step; "
+                   "img/s = N / median step time. data alone: after the steps, batches back to back, "
+                   "img/s = N x batches / total time"),
         "teacher_weights": teacher_weights(cfg),
         "num_classes": num_classes,
         "flops_per_image": costs,
         "peer": peer_step.description if peer_step is not None else None,
-        "rows": rows,
+        "rows": _rows(runners, N, steps),
         "data_alone": data_alone,
         "config": to_dict(cfg),
     }
@@ -128,35 +128,34 @@ def _add(ledger: CostLedger, n: StepCounts) -> None:
     ledger.add_step(batch=n.batch, teacher=n.teacher, student_fwd=n.student_fwd, student_bwd=n.student_bwd)
 
 
-def _time_synthetic(runners: list[Runner], images: Tensor, labels: Tensor, steps: int, warmup: int, device) -> None:
-    clock = EventClock(device)
-    regions: dict[str, list[int]] = {r.name: [] for r in runners}
-    for i in range(warmup + steps):
-        for r in runners:  # interleaved: A B C A B C ...
-            start = clock.start()
-            n = r.step(images, labels)
-            j = clock.stop(start)
-            if i >= warmup:
-                regions[r.name].append(j)
-                _add(r.ledger, n)
-    ms = clock.ms()
-    for r in runners:
-        r.step_ms = [ms[j] for j in regions[r.name]]
-
-
-def _time_pipeline(runners: list[Runner], steps: int, warmup: int, device) -> None:
-    clock = Clock(device)
+def _time_interleaved(runners: list[Runner], images: Tensor, labels: Tensor, steps: int, warmup: int,
+                      device) -> None:
+    """Rounds of one step per runner (A B C A B C ...); the first `warmup` rounds are not recorded."""
+    events, clock = EventClock(device), Clock(device)
+    regions: dict[int, list[int]] = {id(r): [] for r in runners}
     for i in range(warmup + steps):
         for r in runners:
-            t0 = clock.now()
-            images, labels = next(r.batches)
-            t1 = clock.now(sync=False)  # host time spent waiting for the batch
-            n = r.step(images, labels)
-            t2 = clock.now()
+            if r.mode == "synthetic":  # the resident batch: compute alone
+                start = events.start()
+                n = r.step(images, labels)
+                j = events.stop(start)
+                if i >= warmup:
+                    regions[id(r)].append(j)
+            else:  # wait for the next batch, then the step
+                t0 = clock.now()
+                x, y = next(r.batches)
+                t1 = clock.now(sync=False)  # host time spent waiting for the batch
+                n = r.step(x, y)
+                t2 = clock.now()
+                if i >= warmup:
+                    r.step_ms.append((t2 - t0) * 1e3)
+                    r.data_wait_ms.append((t1 - t0) * 1e3)
             if i >= warmup:
-                r.step_ms.append((t2 - t0) * 1e3)
-                r.data_wait_ms.append((t1 - t0) * 1e3)
                 _add(r.ledger, n)
+    ms = events.ms()
+    for r in runners:
+        if r.mode == "synthetic":
+            r.step_ms = [ms[j] for j in regions[id(r)]]
 
 
 def _time_loader(name: str, batches: Iterator, steps: int, warmup: int, N: int, device) -> dict:
@@ -173,18 +172,17 @@ def _time_loader(name: str, batches: Iterator, steps: int, warmup: int, N: int, 
     return {"loader": name, "img_per_s": steps * N / total, "median_batch_ms": median(times), "batch_ms": times}
 
 
-def _rows(mode: str, runners: list[Runner], N: int, steps: int) -> list[dict]:
-    by_name = {r.name: r for r in runners}
-    kd = median(by_name["kd"].step_ms) if "kd" in by_name else None
+def _rows(runners: list[Runner], N: int, steps: int) -> list[dict]:
+    kd = {r.mode: median(r.step_ms) for r in runners if r.name == "kd"}  # step ratios within a mode
     rows = []
     for r in runners:
         med = median(r.step_ms)
         rows.append({
-            "mode": mode, "runner": r.name, "N": N,
+            "mode": r.mode, "runner": r.name, "N": N,
             "teacher_images_per_step": r.ledger.teacher_images / steps,
             "img_per_s": N / (med / 1e3),
             "median_step_ms": med,
-            "step_ratio_kd": med / kd if kd else None,
+            "step_ratio_kd": med / kd[r.mode] if r.mode in kd else None,
             "flop_ratio_paper": r.ledger.cost_fraction("paper"),
             "flop_ratio_measured": r.ledger.cost_fraction("measured"),
             "median_data_wait_ms": median(r.data_wait_ms),
