@@ -80,7 +80,8 @@ def cmd_train(args) -> int:
         print(f"student {cfg.model.student} ({cfg.selection.method}): top-1 {summary['top1']:.2f}%  "
               f"top-5 {summary['top5']:.2f}%")
         print(f"cost: {summary['cost_fraction']:.4f} of conventional KD's FLOPs on the same {summary['step']} "
-              f"steps (teacher saw {summary['teacher_images']} images)  wall-clock {wall:.1f} s")
+              f"steps (B_s = F_s; {summary['cost_fraction_measured']:.4f} with the counted B_s; teacher saw "
+              f"{summary['teacher_images']} images)  wall-clock {wall:.1f} s")
         print(f"outputs: {cfg.out_dir}/metrics.jsonl, {cfg.out_dir}/final/")
     return 0
 
