@@ -4,8 +4,8 @@
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
-    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --image-size 224 --batch-size 256 --k 192
-    python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm] [key=value ...]
+    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
+    python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
     python launch.py profile --config configs/demo.yaml --selector unix --out runs/profile [key=value ...]
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 

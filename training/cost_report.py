@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .cost import (CONVENTIONS, check_convention, measure_pair, random_cost_ratio, unix_cost_ratio,
-                   unix_k_for_budget)
+from .cost import check_convention, measure_pair, random_cost_ratio, unix_cost_ratio, unix_k_for_budget
 
 
 def parse_k(text: str, N: int) -> int:
@@ -88,5 +87,3 @@ def format_cost(r: dict) -> str:
                      f"of KD), Random k = {r['k_random_for_budget']}")
     return "\n".join(lines)
 
-
-__all__ = ["CONVENTIONS", "cost_report", "format_cost", "parse_k"]
