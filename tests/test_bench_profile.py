@@ -73,7 +73,7 @@ def test_bench_both_modes_with_the_timm_peer(tmp_path, digits_root, teacher_ckpt
         assert row["step_ratio_kd"] == pytest.approx(row["median_step_ms"] / rows[(mode, "kd")]["median_step_ms"])
         assert len(row["data_wait_ms"]) == (STEPS if mode == "pipeline" else 0)
         assert name in table
-    assert [d["loader"].split()[0] for d in r["data_alone"]] == ["DALI", "torchvision"]
+    assert [d["loader"].split()[0] for d in r["data_alone"]] == ["DaliLoader", "torchvision"]
     assert all(d["img_per_s"] > 0 and len(d["batch_ms"]) == STEPS for d in r["data_alone"])
 
 

@@ -202,7 +202,8 @@ def test_cost_command_builds_the_models(capsys):
     r = cost_json(capsys, "--teacher", "test_resnet", "--student", "tv/shufflenet_v2_x0_5", "--image-size", "32",
                   "--batch-size", "32", "--k", "24", "--num-classes", "10", "--convention", "measured")
     student = create_model("tv/shufflenet_v2_x0_5", 10)
-    Ft, Fs, Bs = forward_flops(create_model("test_resnet", 10), 32), forward_flops(student, 32), backward_flops(student, 32)
+    Ft = forward_flops(create_model("test_resnet", 10), 32)
+    Fs, Bs = forward_flops(student, 32), backward_flops(student, 32)
     assert (r["Ft"], r["Fs"], r["Bs"]) == (Ft, Fs, Bs) and r["ft_over_fs"] == pytest.approx(Ft / Fs)
     assert r["ratio_unix"] == pytest.approx(24 / 32 + Fs / (Ft + Fs + Bs), rel=1e-12)
     assert launch.main(["cost", "--ft-over-fs", "38.17", "--convention", "measured"]) == 2  # needs --bs-over-fs

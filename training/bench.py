@@ -7,8 +7,8 @@ equally; medians ignore the odd stall.
 
 * synthetic: one random batch resident on the training device, stepped again and again: compute alone.
   Timed with CUDA events per step on a GPU (no host sync in between), perf_counter on a CPU.
-* pipeline: the configured dataset through the DALI loader; each iteration is the wait for the next batch
-  plus the step, wall-clock with a device sync after each. The loader alone is timed after, back to back.
+* pipeline: the configured dataset through this project's loader (DALI); each iteration is the wait for the
+  next batch plus the step, wall-clock with a device sync after each. The loader alone is timed after.
 * peer "timm": the obvious alternative in the same run: timm's own `timm.task.LogitDistillationTask` on the
   same teacher/student pair (KD on all N), fed by a torchvision ImageFolder DataLoader, timed the same way.
 """
@@ -27,8 +27,8 @@ from torch import Tensor
 from .config import Config, ConfigError, to_dict
 from .cost import CostLedger
 from .step import StepCounts
-from .timing import (Clock, EventClock, build_timed_run, endless, environment, median, num_classes_for,
-                     synthetic_batch, teacher_weights)
+from .timing import (Clock, EventClock, build_timed_run, endless, environment, median, synthetic_batch,
+                     teacher_weights, timing_data)
 from .trainer import make_accelerator, make_selector
 
 PEERS = ("timm",)
@@ -66,7 +66,11 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
         raise ValueError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
     device, N = accelerator.device, cfg.data.batch_size
     modes = ["synthetic", "pipeline"] if data == "both" else [data]
-    num_classes = num_classes_for(cfg, synthetic=modes == ["synthetic"])
+    if peer is not None and "pipeline" in modes and cfg.data.dataset.startswith("cifar"):
+        raise ConfigError(f"--peer {peer} with --data {data} reads an image folder (ImageFolder); "
+                          f"data.dataset={cfg.data.dataset} is arrays: use --data synthetic")
+    loaders = timing_data(cfg, accelerator, modes)
+    num_classes = cfg.model.num_classes or len(loaders.classes)
     run = build_timed_run(cfg, accelerator, num_classes)
     costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
 
@@ -79,14 +83,12 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     if peer == "timm":
         peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator)
         steps_by_name[peer_step.name] = peer_step
-    dali = peer_batches = None
+    ours = peer_batches = None  # pipeline mode: this project's loader (DALI), and the peer's
     if "pipeline" in modes:
-        from .data import build_data
-
-        dali = endless(build_data(cfg, accelerator).train)
+        ours = endless(loaders.train)
         peer_batches = peer_step.batches() if peer_step is not None else None
     runners = [Runner(mode, name, fn, CostLedger(**costs),
-                      batches=None if mode == "synthetic" else peer_batches if fn is peer_step else dali)
+                      batches=None if mode == "synthetic" else peer_batches if fn is peer_step else ours)
                for mode in modes for name, fn in steps_by_name.items()]
 
     images = labels = None
@@ -94,8 +96,9 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
         images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)
     _time_interleaved(runners, images, labels, steps, warmup, device)
     data_alone = []
-    if dali is not None:
-        data_alone.append(_time_loader("DALI (this project's pipeline)", dali, steps, warmup, N, device))
+    if ours is not None:
+        name = f"{type(loaders.train).__name__} (this project's loader)"
+        data_alone.append(_time_loader(name, ours, steps, warmup, N, device))
     if peer_batches is not None:
         data_alone.append(_time_loader(peer_step.loader_name, peer_batches, steps, warmup, N, device))
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .config import Config, ConfigError, to_dict
 from .cost import flop_counter
-from .timing import Clock, build_timed_run, endless, environment, median, num_classes_for, teacher_weights
+from .timing import Clock, build_timed_run, endless, environment, median, teacher_weights
 from .trainer import make_accelerator
 
 PHASES = ("data_wait", "scoring_forward", "sort_mix", "teacher_forward", "student_forward", "student_backward",
@@ -80,7 +80,7 @@ def walk_step(step, batches, read: Callable[[], float], marks: ForwardMarks) -> 
     r4 = read()
     step.backward(loss)
     r5 = read()
-    step.optimizer_step()
+    step.optimizer_step(loss)
     r6 = read()
     return {"data_wait": r1 - r0, "scoring_forward": scoring, "sort_mix": r2 - r1 - scoring,
             "teacher_forward": r3 - r2, "student_forward": r4 - r3, "student_backward": r5 - r4,
@@ -108,10 +108,10 @@ def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup
 
     from .data import build_data
 
-    num_classes = num_classes_for(cfg, synthetic=False)
-    run = build_timed_run(cfg, accelerator, num_classes)
+    data = build_data(cfg, accelerator)
+    run = build_timed_run(cfg, accelerator, cfg.model.num_classes or len(data.classes))
     step = run.step
-    batches = endless(build_data(cfg, accelerator).train)
+    batches = endless(data.train)
     models = [step.scorer] + ([run.teacher] if run.teacher is not None else [])
 
     # FLOPs: one counted step

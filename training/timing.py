@@ -53,7 +53,7 @@ def load_timing_config(path: str, overrides: list[str], data_mode: str) -> Confi
     if empty("model.teacher_checkpoint"):
         extra.append(f"model.teacher_checkpoint={PLACEHOLDER_TEACHER}")
     dataset = given.get("data.dataset", (raw.get("data") or {}).get("dataset", "folder"))
-    if data_mode == "synthetic" and empty("data.root") and str(dataset).strip() == "folder":
+    if data_mode == "synthetic" and empty("data.root") and str(dataset).strip() != "digits":
         extra.append(f"data.root={PLACEHOLDER_ROOT}")
     return load_config(path, [*overrides, *extra])
 
@@ -78,18 +78,19 @@ def build_timed_run(cfg: Config, accelerator, num_classes: int, steps_per_epoch:
     return run
 
 
-def num_classes_for(cfg: Config, synthetic: bool) -> int:
-    """model.num_classes, or the class folders of the dataset (which synthetic batches do not need)."""
-    if cfg.model.num_classes:
-        return cfg.model.num_classes
-    if synthetic and cfg.data.dataset == "folder" and not Path(cfg.data.root).expanduser().is_dir():
+def timing_data(cfg: Config, accelerator, modes: list[str]):
+    """The dataset's loaders when a mode reads it or the classes must come from it; None for synthetic only.
+
+    Synthetic batches need no dataset when `model.num_classes` is set.
+    """
+    if modes == ["synthetic"] and cfg.model.num_classes:
+        return None
+    if modes == ["synthetic"] and cfg.data.dataset != "digits" and cfg.data.root in ("", PLACEHOLDER_ROOT):
         raise ConfigError("config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
-                          f"without a dataset folder (data.root={cfg.data.root!r})")
-    from pipeline import scan_folder
+                          "without a dataset (data.root is empty)")
+    from .data import build_data
 
-    from .data import dataset_root
-
-    return len(scan_folder(dataset_root(cfg), "train").classes)
+    return build_data(cfg, accelerator)
 
 
 def synthetic_batch(cfg: Config, num_classes: int, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

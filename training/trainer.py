@@ -212,14 +212,19 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
     if teacher is not None:
         teacher.to(accelerator.device)
-    s = cfg.selection
-    selector = build_selector("kd" if not distill else s.method, k=s.k, alpha=s.alpha, w=s.w, b=s.b,
-                              criterion=s.criterion, score_mode=s.score_mode,
-                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    selector = make_selector(cfg, accelerator, "kd" if not distill else cfg.selection.method)
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
                        nonfinite=cfg.train.nonfinite)
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
+
+
+def make_selector(cfg: Config, accelerator: Accelerator, method: str):
+    """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times)."""
+    s = cfg.selection
+    return build_selector(method, k=s.k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
+                          score_mode=s.score_mode,
+                          seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
 
 
 def _prepare_out_dir(out: Path, need_bytes: int) -> None:
