@@ -205,14 +205,15 @@ def _versions() -> dict:
 
 
 def _git_commit() -> str | None:
-    """HEAD of the checkout this code runs from, with '-dirty' if tracked files differ from it."""
+    """HEAD of the checkout this code runs from, with '-dirty' if tracked files (results aside) differ from it."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"],  # earlier results being rewritten is no change
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
