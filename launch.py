@@ -4,6 +4,9 @@
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
+    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
+    python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
+    python launch.py profile --config configs/demo.yaml --selector unix --out runs/profile [key=value ...]
     python launch.py report  runs/demo      (PNGs of a finished run: sampling heatmap, selected vs accuracy, curves)
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
     p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
+    add_measure_commands(sub)
     args = parser.parse_args(argv)
 
     from training.config import ConfigError
@@ -79,7 +83,8 @@ def cmd_train(args) -> int:
         print(f"student {cfg.model.student} ({cfg.selection.method}): top-1 {summary['top1']:.2f}%  "
               f"top-5 {summary['top5']:.2f}%")
         print(f"cost: {summary['cost_fraction']:.4f} of conventional KD's FLOPs on the same {summary['step']} "
-              f"steps (teacher saw {summary['teacher_images']} images)  wall-clock {wall:.1f} s")
+              f"steps (B_s = F_s; {summary['cost_fraction_measured']:.4f} with the counted B_s; teacher saw "
+              f"{summary['teacher_images']} images)  wall-clock {wall:.1f} s")
         print(f"outputs: {cfg.out_dir}/metrics.jsonl, {cfg.out_dir}/final/")
     return 0
 
@@ -155,12 +160,84 @@ def cmd_report(args) -> int:
     return 0
 
 
+def add_measure_commands(sub) -> None:
+    """`cost`, `bench`, `profile`: the cost model, throughput side by side, wall-clock vs FLOPs per phase."""
+    p = sub.add_parser("cost", help="per-image FLOPs of a teacher/student pair and the cost of KD, Random, UNIX")
+    p.add_argument("--teacher", help="timm name or tv/<torchvision name>")
+    p.add_argument("--student", help="timm name or tv/<torchvision name>")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256, help="N")
+    p.add_argument("--k", default="0.75", help="teacher images per step: a count (192), or a fraction of N (0.75)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--convention", default="paper", help="paper (B_s = F_s) or measured (counted B_s)")
+    p.add_argument("--ft-over-fs", type=float, help="use this F_t/F_s instead of building models")
+    p.add_argument("--bs-over-fs", type=float, help="with --ft-over-fs: B_s/F_s for --convention measured")
+    p.add_argument("--budget", type=float, help="a fraction of KD's cost: print the k that meets it")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    for name, help_ in [("bench", "time each selector's training step side by side (img/s, step and FLOP ratios)"),
+                        ("profile", "time each phase of the step next to its FLOPs; writes profile.json/.png")]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", required=True, help="YAML file in configs/")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        p.add_argument("--steps", type=int, default=20, help="timed steps per selector")
+        p.add_argument("--warmup", type=int, default=3, help="untimed steps per selector first")
+        p.add_argument("--note", default="", help="free text stored in the result (e.g. 'shared machine')")
+        if name == "bench":
+            p.add_argument("--selectors", default="kd,random,unix", help="comma-separated selector names")
+            p.add_argument("--data", default="synthetic", help="synthetic | pipeline | both")
+            p.add_argument("--peer", help="timm: add timm's LogitDistillationTask on an ImageFolder DataLoader")
+            p.add_argument("--json", dest="json_path", help="write the result (every raw time) to this file")
+        else:
+            p.add_argument("--selector", help="selector to profile (default: the config's selection.method)")
+            p.add_argument("--out", required=True, help="folder for profile.json and profile.png")
+
+
+def cmd_cost(args) -> int:
+    from training.cost_report import cost_report, format_cost
+
+    report = cost_report(teacher=args.teacher, student=args.student, image_size=args.image_size, N=args.batch_size,
+                         k=args.k, num_classes=args.num_classes, convention=args.convention,
+                         ft_over_fs=args.ft_over_fs, bs_over_fs=args.bs_over_fs, budget=args.budget)
+    print(json.dumps(report) if args.json else format_cost(report))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from training.bench import bench, format_table
+    from training.timing import load_timing_config
+
+    cfg = load_timing_config(args.config, args.overrides, args.data)
+    selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
+    result = bench(cfg, selectors=selectors, steps=args.steps, warmup=args.warmup, data=args.data, peer=args.peer,
+                   note=args.note)
+    result["cli_args"] = vars(args)
+    print(format_table(result))
+    if args.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        with open(args.json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from training.profile import format_table, profile
+    from training.timing import load_timing_config
+
+    cfg = load_timing_config(args.config, args.overrides, "pipeline")
+    result = profile(cfg, selector=args.selector, steps=args.steps, warmup=args.warmup, out_dir=args.out,
+                     note=args.note)
+    print(format_table(result))
+    print(f"wrote {args.out}/profile.json, {args.out}/profile.png")
+    return 0
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan,
-            "report": cmd_report}
+            "report": cmd_report, "cost": cmd_cost, "bench": cmd_bench, "profile": cmd_profile}
 
 if __name__ == "__main__":
     sys.exit(main())

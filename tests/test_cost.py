@@ -1,12 +1,16 @@
-"""training.cost: the SPEC §1 cost model against the published table, hand FLOP formulas and torchvision's
-own per-model operation counts."""
+"""training.cost: the SPEC §1 cost model against the published table, hand FLOP formulas (forward and the
+grouped-convolution backward fix) and torchvision's own per-model operation counts; `launch.py cost`."""
+
+import json
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from training.cost import CostLedger, forward_flops, unix_cost_ratio
+import launch
+from training.cost import (CostLedger, backward_flops, forward_flops, measure_pair, unix_cost_ratio,
+                           unix_k_for_budget)
 from training.models import create_model
 
 
@@ -59,6 +63,75 @@ def test_resnet18_to_shufflenet_at_imagenet_scale():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# measured backward FLOPs, grouped convolutions fixed (torch counts their weight gradient as dense: 64x too
+# much for a 64-channel depthwise conv)
+
+
+def test_depthwise_backward_without_input_gradient():
+    dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    F = 2 * (64 * 16 * 16) * (1 * 3 * 3)  # one multiply-add per output element and filter tap
+    assert forward_flops(dw, 16, in_chans=64) == F
+    assert backward_flops(dw, 16, in_chans=64) == F  # the image needs no gradient: the weight gradient only
+
+
+@pytest.mark.parametrize("layer,size,F", [
+    (nn.Conv2d(64, 64, 3, padding=1, groups=64), 16, 2 * (64 * 16 * 16) * 9),          # depthwise
+    (nn.Conv2d(8, 16, 3, groups=4), 12, 2 * (16 * 10 * 10) * (2 * 3 * 3)),             # 4 groups, 10x10 out
+    (nn.Conv2d(8, 16, 3, padding=1), 12, 2 * (16 * 12 * 12) * (8 * 3 * 3)),            # dense
+    (nn.ConvTranspose2d(8, 16, 3, stride=2, groups=4), 5, 2 * (5 * 5) * (8 * 4 * 9)),  # each input meets w once
+])
+def test_conv_backward_is_twice_its_forward(layer, size, F):
+    """After a 1x1 conv the layer's input needs a gradient: backward = grad_input (F) + grad_weight (F)."""
+    C = layer.in_channels
+    pre = nn.Conv2d(C, C, 1, bias=False)
+    P = 2 * (C * size * size) * C  # the 1x1 conv: weight gradient only
+    model = nn.Sequential(pre, layer)
+    assert forward_flops(model, size, in_chans=C) == P + F
+    assert backward_flops(model, size, in_chans=C) == P + 2 * F
+
+
+def test_small_net_backward_by_hand_and_no_grad_left_behind():
+    S = 6
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * S * S, 10))
+    F1, F2, F3 = 2 * 8 * S * S * 27, 2 * 8 * S * S * 9, 2 * (8 * S * S) * 10
+    running = model[3].running_mean.clone()
+    model.train()
+    assert measure_pair(None, model, S) == (0.0, F1 + F2 + F3, F1 + 2 * F2 + 2 * F3)  # stem: no input gradient
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    assert torch.equal(model[3].running_mean, running)  # BatchNorm statistics untouched
+
+
+@pytest.mark.parametrize("name", ["tv/shufflenet_v2_x0_5", "tv/mobilenet_v3_small"])
+def test_depthwise_students_backward_is_about_two_forwards(name):
+    model = create_model(name, 1000)
+    ratio = backward_flops(model, 224) / forward_flops(model, 224)
+    assert 1.7 <= ratio <= 2.1, ratio  # below 2: the stem conv needs no input gradient
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the measured convention and the budget
+
+
+def test_measured_convention_from_the_energy_sums():
+    Ft, Fs, Bs, N, k = 30.0, 1.0, 1.8, 256, 192
+    e_kd = N * (Ft + Fs + Bs)
+    e_unix = k * Ft + (N + k) * Fs + k * Bs
+    assert unix_cost_ratio(Ft / Fs, N, k, bs_over_fs=Bs / Fs) == pytest.approx(e_unix / e_kd, rel=1e-12)
+
+
+def test_k_for_budget():
+    assert unix_k_for_budget(0.65, 64, 38.17) == 40  # the published k = 40 at 64.99 %
+    assert unix_k_for_budget(0.7749, 64, 38.17) == 48  # k = 48 at 77.49 %
+    for budget in (0.3, 0.5, 0.77, 0.9, 1.0):
+        k = unix_k_for_budget(budget, 256, 44.8, bs_over_fs=1.8)
+        assert unix_cost_ratio(44.8, 256, k, 1.8) <= budget + 1e-12
+        assert k == 256 or unix_cost_ratio(44.8, 256, k + 1, 1.8) > budget
+    with pytest.raises(ValueError, match="no k"):
+        unix_k_for_budget(0.02, 64, 38.17)  # below the scoring forward's own cost
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the ledger: what a run actually processed
 
 
@@ -94,3 +167,43 @@ def test_uneven_steps_and_state_round_trip():
     again.load_state_dict(ledger.state_dict())
     assert again == ledger
     assert CostLedger(Ft=Ft, Fs=Fs).cost_fraction() == 0.0  # nothing run yet
+
+
+def test_ledger_both_conventions():
+    Ft, Fs, Bs, N, k = 10.0, 2.0, 3.5, 64, 48
+    ledger = run(CostLedger(Ft=Ft, Fs=Fs, Bs=Bs), [(N, k, N + k, k)] * 3)
+    assert ledger.flops("paper") == pytest.approx(3 * (k * Ft + (N + k) * Fs + k * Fs))
+    assert ledger.flops("measured") == pytest.approx(3 * (k * Ft + (N + k) * Fs + k * Bs))
+    assert ledger.cost_fraction("measured") == pytest.approx(k / N + Fs / (Ft + Fs + Bs), rel=1e-12)
+    m = ledger.metrics()
+    assert m["cost_fraction"] == ledger.cost_fraction("paper") and m["flops_measured"] == ledger.flops("measured")
+    with pytest.raises(ValueError, match="measured"):
+        CostLedger(Ft=Ft, Fs=Fs).cost_fraction("measured")  # no B_s was measured
+
+
+# ---------------------------------------------------------------------------------------------------------
+# launch.py cost
+
+
+def cost_json(capsys, *args):
+    assert launch.main(["cost", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cost_command_from_a_ratio(capsys):
+    r = cost_json(capsys, "--ft-over-fs", "38.17", "--batch-size", "64", "--k", "48")
+    assert {"Ft", "Fs", "Bs", "ft_over_fs", "ratio_unix", "ratio_random"} <= r.keys()
+    assert r["Ft"] is None and r["ratio_random"] == 0.75 and abs(100 * r["ratio_unix"] - 77.49) < 0.01
+    r = cost_json(capsys, "--ft-over-fs", "38.17", "--batch-size", "64", "--k", "0.625", "--budget", "0.65")
+    assert r["k"] == 40 and abs(100 * r["ratio_unix"] - 64.99) < 0.01 and r["k_unix_for_budget"] == 40
+
+
+def test_cost_command_builds_the_models(capsys):
+    r = cost_json(capsys, "--teacher", "test_resnet", "--student", "tv/shufflenet_v2_x0_5", "--image-size", "32",
+                  "--batch-size", "32", "--k", "24", "--num-classes", "10", "--convention", "measured")
+    student = create_model("tv/shufflenet_v2_x0_5", 10)
+    Ft = forward_flops(create_model("test_resnet", 10), 32)
+    Fs, Bs = forward_flops(student, 32), backward_flops(student, 32)
+    assert (r["Ft"], r["Fs"], r["Bs"]) == (Ft, Fs, Bs) and r["ft_over_fs"] == pytest.approx(Ft / Fs)
+    assert r["ratio_unix"] == pytest.approx(24 / 32 + Fs / (Ft + Fs + Bs), rel=1e-12)
+    assert launch.main(["cost", "--ft-over-fs", "38.17", "--convention", "measured"]) == 2  # needs --bs-over-fs

@@ -21,6 +21,8 @@ CASES = {
                      "'model.teacher_checkpoint'"),
     "eval_no_checkpoint": (["eval", "--config", "configs/demo.yaml"], "checkpoint="),
     "compare_bogus": (["compare", "--config", "configs/demo.yaml", "--methods", "kd,bogus"], "bogus"),
+    "bench_bogus": (["bench", "--config", "configs/demo.yaml", "--selectors", "kd,bogus"], "bogus"),
+    "cost_no_models": (["cost", "--k", "48"], "--teacher"),
 }
 
 

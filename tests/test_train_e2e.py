@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import launch
 from training.config import load_config
+from training.cost import backward_flops
 from training.models import create_model
 from training.trainer import train
 
@@ -60,7 +61,8 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [2, 4]
     for key in ("step", "epoch", "loss", "lr", "img_per_s", "teacher_images", "student_fwd_images",
-                "student_bwd_images", "cost_fraction", "world_size"):
+                "student_bwd_images", "cost_fraction", "cost_fraction_measured", "flops_paper", "flops_measured",
+                "world_size"):
         assert key in steps[-1], key
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     final = rows[-1]
@@ -75,6 +77,16 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
     assert final["student_bwd_images"] == 4 * k
     assert final["student_fwd_images"] == 4 * (k + (N if method == "unix" else 0))
     assert summary["top1"] == final["top1"]
+
+    # the measured convention: B_s counted (training.cost.backward_flops, checked on single layers in test_cost)
+    Bs = backward_flops(create_model("tv/shufflenet_v2_x0_5", 10), 32)
+    unix_measured = K / N + Fs / (Ft + Fs + Bs)  # SPEC §1 with the counted B_s
+    assert final["cost_fraction_measured"] == pytest.approx({"kd": 1.0, "random": K / N, "unix": unix_measured}[method],
+                                                            rel=1e-9)
+    fwd = k + (N if method == "unix" else 0)
+    for row, n_steps in [(steps[0], 2), (final, 4)]:  # cumulative
+        assert row["flops_paper"] == pytest.approx(n_steps * (k * Ft + fwd * Fs + k * Fs), rel=1e-12)
+        assert row["flops_measured"] == pytest.approx(n_steps * (k * Ft + fwd * Fs + k * Bs), rel=1e-12)
 
     out = Path(cfg.out_dir)
     assert (out / "config.yaml").is_file() and (out / "final" / "model.safetensors").is_file()

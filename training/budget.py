@@ -27,7 +27,7 @@ def backward_flops(convention: str, Fs: float, measured_Bs: float | None = None)
     if convention == "measured":
         if measured_Bs is None:
             raise ValueError("selection.budget_convention=measured needs the student's measured backward FLOPs, "
-                             "which this build does not measure yet; use selection.budget_convention=paper")
+                             "but none was given; use selection.budget_convention=paper")
         return float(measured_Bs)
     raise ValueError(f"selection.budget_convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
 

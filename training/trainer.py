@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from .analytics import SamplingLog
 from .budget import budget_k
 from .config import Config, save_config
-from .cost import CostLedger, forward_flops
+from .cost import CostLedger, measure_pair
 from .data import build_data
 from .evaluate import evaluate
 from .features import FeatureDistill, resolve_layers
@@ -104,10 +104,8 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                  "sampling": sampling.state_dict()}
         return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
-    def cost_fields() -> dict:
-        return {"teacher_images": ledger.teacher_images, "student_fwd_images": ledger.student_fwd_images,
-                "student_bwd_images": ledger.student_bwd_images, "cost_fraction": ledger.cost_fraction(),
-                "world_size": world}
+    def cost_fields() -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
+        return {**ledger.metrics(), "world_size": world}
 
     bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -188,7 +186,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
     result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
     summary = {"step": step, "epoch": epoch, "final": True, **result,
-               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs}
+               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
     if run.teacher is not None:
         t_eval = evaluate(run.teacher, data.val, accelerator)
         summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
@@ -220,9 +218,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
                                checkpoint=cfg.model.teacher_checkpoint)
         teacher.eval().requires_grad_(False)
 
-    # Cost model, SPEC §1: per-image forward FLOPs measured once, before the models move.
-    S = cfg.data.image_size
-    ledger = CostLedger(Ft=forward_flops(teacher, S) if distill else 0.0, Fs=forward_flops(student, S))
+    # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
+    ledger = CostLedger(*measure_pair(teacher, student, cfg.data.image_size))
 
     features = None
     if distill and cfg.loss.feature != "none":  # AT / SP: the layers, checked before the models move
@@ -237,21 +234,30 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
     if teacher is not None:
         teacher.to(accelerator.device)
-    s = cfg.selection
-    k = s.k
-    if distill and s.budget is not None:  # compute-budget mode: the k that spends s.budget of KD's FLOPs
-        k, line = budget_k(s.method, s.budget, s.budget_convention, N=cfg.data.batch_size, Ft=ledger.Ft,
-                           Fs=ledger.Fs)
-        if accelerator.is_main_process:
-            print(line)
-    selector = build_selector("kd" if not distill else s.method, k=k, alpha=s.alpha, w=s.w, b=s.b,
-                              criterion=s.criterion, score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool,
-                              n_pick=s.n_pick, pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
-                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    selector = make_selector(cfg, accelerator, cfg.selection.method if distill else "kd", ledger)
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
                        nonfinite=cfg.train.nonfinite, features=features)
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
+
+
+def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: CostLedger | None = None):
+    """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times).
+
+    Compute-budget mode (`selection.budget`, needs the ledger's per-image FLOPs): k is chosen so the run
+    spends that share of conventional KD's FLOPs.
+    """
+    s = cfg.selection
+    k = s.k
+    if s.budget is not None and ledger is not None and method != "kd":
+        k, line = budget_k(method, s.budget, s.budget_convention, N=cfg.data.batch_size, Ft=ledger.Ft,
+                           Fs=ledger.Fs, measured_Bs=ledger.Bs)
+        if accelerator.is_main_process:
+            print(line)
+    return build_selector(method, k=k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
+                          score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool, n_pick=s.n_pick,
+                          pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
+                          seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
 
 
 def _prepare_out_dir(out: Path, need_bytes: int) -> None:

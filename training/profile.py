@@ -1,0 +1,214 @@
+"""`profile`: where one training step's wall-clock goes, phase by phase, next to where its FLOPs go.
+
+The step is `build_run`'s `DistillStep`, called phase by phase (select → teacher forward → student forward and
+loss → backward → optimizer) on batches from the configured DALI pipeline. `select` is split generically:
+forward hooks on the models it calls (the student's scoring forward, and any model a selector scores with)
+give "scoring forward"; the rest of select (uncertainty, sort, random draws, mixing) is "sort + mix".
+
+Two walks over the same phases: one step under FlopCounterMode (with the grouped-convolution backward fix)
+reads each phase's FLOPs; then the timed steps read the clock, with a device sync at every phase boundary
+(so a profiled step is a little slower than a benchmarked one: compare shares, not totals, with `bench`).
+FlopCounterMode counts convolutions and matrix products; elementwise work (mixing, softmax, BatchNorm,
+the SGD update) counts 0, so those phases show time and no FLOPs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Callable
+
+from .config import Config, ConfigError, to_dict
+from .cost import flop_counter
+from .timing import Clock, build_timed_run, endless, environment, median, teacher_weights
+from .trainer import make_accelerator
+
+PHASES = ("data_wait", "scoring_forward", "sort_mix", "teacher_forward", "student_forward", "student_backward",
+          "optimizer")
+LABELS = {"data_wait": "data wait", "scoring_forward": "scoring fwd", "sort_mix": "sort + mix",
+          "teacher_forward": "teacher fwd", "student_forward": "student fwd", "student_backward": "student bwd",
+          "optimizer": "optimizer"}
+
+
+class ForwardMarks:
+    """Forward hooks on `modules` that, while active, add up `read()` across their outermost forward calls."""
+
+    def __init__(self, modules, read: Callable[[], float]):
+        self.read, self.depth, self.active, self.total, self._enter = read, 0, False, 0.0, 0.0
+        self.handles = []
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post))
+
+    def _pre(self, module, args):
+        if self.active:
+            self.depth += 1
+            if self.depth == 1:
+                self._enter = self.read()
+
+    def _post(self, module, args, output):
+        if self.active:
+            if self.depth == 1:
+                self.total += self.read() - self._enter
+            self.depth -= 1
+
+    def start(self) -> None:
+        self.active, self.total, self.depth = True, 0.0, 0
+
+    def stop(self) -> float:
+        self.active = False
+        return self.total
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def walk_step(step, batches, read: Callable[[], float], marks: ForwardMarks) -> dict[str, float]:
+    """One training step, phase by phase; returns how much `read()` advanced in each phase."""
+    r0 = read()
+    images, labels = next(batches)
+    r1 = read()
+    marks.start()
+    sel = step.select(images, labels)
+    r2 = read()
+    scoring = marks.stop()
+    t_logits = step.teacher_forward(sel)
+    r3 = read()
+    loss = step.student_loss(sel, t_logits)
+    r4 = read()
+    step.backward(loss)
+    r5 = read()
+    step.optimizer_step(loss)
+    r6 = read()
+    return {"data_wait": r1 - r0, "scoring_forward": scoring, "sort_mix": r2 - r1 - scoring,
+            "teacher_forward": r3 - r2, "student_forward": r4 - r3, "student_backward": r5 - r4,
+            "optimizer": r6 - r5}
+
+
+def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup: int = 3, out_dir: str,
+            note: str = "", accelerator=None) -> dict:
+    """Profile `selector` (default: the config's) on `cfg`; writes out_dir/profile.json and profile.png."""
+    from selection import SELECTORS
+
+    method = selector or cfg.selection.method
+    if method not in SELECTORS:
+        raise ConfigError(f"--selector {method}: not one of {', '.join(SELECTORS)}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    cfg = copy.deepcopy(cfg)
+    cfg.selection.method = method
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = accelerator or make_accelerator(cfg)
+    if accelerator.num_processes > 1:
+        raise ValueError("profile runs on one process; start it with python, not accelerate launch --multi_gpu")
+    device = accelerator.device
+
+    from .data import build_data
+
+    data = build_data(cfg, accelerator)
+    run = build_timed_run(cfg, accelerator, cfg.model.num_classes or len(data.classes))
+    step = run.step
+    batches = endless(data.train)
+    models = [step.scorer] + ([run.teacher] if run.teacher is not None else [])
+
+    # FLOPs: one counted step
+    counter = flop_counter()
+    marks = ForwardMarks(models, lambda: float(counter.get_total_flops()))
+    with counter:
+        flops = walk_step(step, batches, marks.read, marks)
+    marks.remove()
+
+    # time: warm-up, then the timed steps
+    clock = Clock(device)
+    marks = ForwardMarks(models, clock.now)
+    ms: dict[str, list[float]] = {p: [] for p in PHASES}
+    for i in range(warmup + steps):
+        seconds = walk_step(step, batches, clock.now, marks)
+        if i >= warmup:
+            for p in PHASES:
+                ms[p].append(seconds[p] * 1e3)
+    marks.remove()
+
+    medians = {p: median(ms[p]) for p in PHASES}
+    time_total, flop_total = sum(medians.values()), sum(flops.values())
+    phases = {}
+    for p in PHASES:
+        f = flops[p]
+        phases[p] = {
+            "median_ms": medians[p],
+            "time_share": medians[p] / time_total if time_total > 0 else None,
+            "flops": f,
+            "flop_share": f / flop_total if flop_total > 0 else None,
+            "achieved_tflops": f / (medians[p] / 1e3) / 1e12 if f > 0 and medians[p] > 0 else None,
+            "ms": ms[p],
+        }
+    step_ms = [sum(ms[p][i] for p in PHASES) for i in range(steps)]
+    result = {
+        "kind": "unixkd profile",
+        "environment": environment(device),
+        "note": note,
+        "selector": method,
+        "args": {"steps": steps, "warmup": warmup},
+        "teacher": cfg.model.teacher, "student": cfg.model.student,
+        "N": cfg.data.batch_size, "image_size": cfg.data.image_size, "mixed_precision": cfg.mixed_precision,
+        "teacher_weights": teacher_weights(cfg),
+        "flops_per_image": {"Ft": run.ledger.Ft, "Fs": run.ledger.Fs, "Bs": run.ledger.Bs},
+        "timing": "perf_counter at every phase boundary, device synced at each; time_share = phase median / "
+                  "sum of phase medians",
+        "flop_counting": "one step under torch FlopCounterMode (grouped-conv backward fixed); convolutions and "
+                         "matrix products only, a multiply-add = 2",
+        "median_step_ms": median(step_ms),
+        "step_flops": flop_total,
+        "phases": phases,
+        "config": to_dict(cfg),
+    }
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "profile.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Side-by-side bars per phase: share of step time vs share of step FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = result["phases"]
+    names = list(phases)
+    time_pct = [100 * (phases[p]["time_share"] or 0) for p in names]
+    flop_pct = [100 * (phases[p]["flop_share"] or 0) for p in names]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    bars_t = ax.bar([i - 0.2 for i in x], time_pct, width=0.4, label="share of step time", color="#d62728")
+    bars_f = ax.bar([i + 0.2 for i in x], flop_pct, width=0.4, label="share of step FLOPs", color="#1f77b4")
+    for bars in (bars_t, bars_f):
+        for b in bars:
+            ax.annotate(f"{b.get_height():.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [LABELS.get(p, p) for p in names])
+    ax.set_ylabel("% of one training step")
+    env = result["environment"]
+    precision = "fp32" if result["mixed_precision"] == "no" else result["mixed_precision"]
+    ax.set_title(f"{result['teacher']} -> {result['student']}, {result['selector']}, N={result['N']}, "
+                 f"{result['image_size']} px, {precision}; step {result['median_step_ms']:.1f} ms "
+                 f"(median)\n{env['device']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    head = f"{'phase':<17} {'median ms':>9} {'time %':>7} {'GFLOPs':>9} {'FLOP %':>7} {'TFLOP/s':>8}"
+    lines = [head, "-" * len(head)]
+    for p, v in result["phases"].items():
+        tf = "-" if v["achieved_tflops"] is None else f"{v['achieved_tflops']:.4f}"
+        lines.append(f"{LABELS.get(p, p):<17} {v['median_ms']:9.2f} {100 * (v['time_share'] or 0):7.1f} "
+                     f"{v['flops'] / 1e9:9.3f} {100 * (v['flop_share'] or 0):7.1f} {tf:>8}")
+    lines.append(f"step (median of per-step sums) {result['median_step_ms']:.2f} ms, "
+                 f"{result['step_flops'] / 1e9:.3f} GFLOPs; {result['environment']['device']}")
+    return "\n".join(lines)
