@@ -77,7 +77,7 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     steps_by_name = {}
     for name in selectors:
         step = copy.copy(run.step)  # the same models, optimizer and phases; its own selector
-        step.selector = make_selector(cfg, accelerator, name)
+        step.selector = make_selector(cfg, accelerator, name, run.ledger)  # budget mode included
         steps_by_name[name] = lambda x, y, step=step: step(x, y)[1]
     peer_step = None
     if peer == "timm":
@@ -275,16 +275,16 @@ class TimmPeer:
 
 
 def format_table(result: dict) -> str:
-    head = (f"{'mode':<10} {'runner':<8} {'img/s':>8} {'step ms':>8} {'step/KD':>7} {'FLOP/KD':>7} "
+    head = (f"{'mode':<10} {'runner':<13} {'img/s':>8} {'step ms':>8} {'step/KD':>7} {'FLOP/KD':>7} "
             f"{'FLOP/KD':>8} {'teacher':>7} {'data wait':>9}")
-    sub = f"{'':<10} {'':<8} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} {'img/step':>7} {'ms':>9}"
+    sub = f"{'':<10} {'':<13} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} {'img/step':>7} {'ms':>9}"
     lines = [head, sub, "-" * len(head)]
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     for r in result["rows"]:
-        lines.append(f"{r['mode']:<10} {r['runner']:<8} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
+        lines.append(f"{r['mode']:<10} {r['runner']:<13} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
                      f"{f(r['step_ratio_kd'], '7.3f')} {r['flop_ratio_paper']:7.3f} {r['flop_ratio_measured']:8.3f} "
                      f"{r['teacher_images_per_step']:7.0f} {f(r['median_data_wait_ms'], '9.2f')}")
     for d in result["data_alone"]:

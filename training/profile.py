@@ -72,6 +72,8 @@ def walk_step(step, batches, read: Callable[[], float], marks: ForwardMarks) -> 
     r1 = read()
     marks.start()
     sel = step.select(images, labels)
+    if step.on_select is not None:  # as DistillStep.__call__ does (sampling analytics, when set)
+        step.on_select(labels, sel)
     r2 = read()
     scoring = marks.stop()
     t_logits = step.teacher_forward(sel)
