@@ -41,6 +41,9 @@ class DataConfig:
     skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
     crop_padding: int = 4  # cifar*/tinyimagenet: zero padding (px) before the random crop (folder sets: crop_scale)
     cifar_loader: str = "dali"  # cifar*: dali (external source) | tensor (whole set on the device, tensor ops)
+    # images as the loader hands them over. auto: float16 when mixed_precision is bf16/fp16 on a GPU (half the
+    # bytes, exact for normalized pixels; autocast casts at the first layer), else float32
+    output_dtype: str = "auto"  # auto | float32 | float16
 
 
 @dataclass
@@ -116,6 +119,10 @@ class TrainConfig:
     preempt_check_every: int = 10  # steps between the ranks' agreement on a SIGTERM/SIGUSR1 (one all-reduce)
     progress: bool = True
     count_images: bool = False  # sampling analytics per dataset image too (sampling_images/epoch-N.npy)
+    # the GPU fast path (no effect on a CPU unless stated)
+    channels_last: bool = False  # models and loader images in NHWC memory (faster convolutions on tensor cores)
+    cuda_graph: str = "auto"  # UNIX scoring + selection replayed from one CUDA graph: auto (on CUDA) | on | off
+    teacher_mode: str = "auto"  # teacher forward on the k rows: auto (graph on CUDA) | eager | graph | compile
 
 
 @dataclass
@@ -147,6 +154,9 @@ CHOICES = {
     "loss.feature": ("none", "at", "sp"),
     "optim.schedule": ("step", "cosine", "constant"),
     "train.nonfinite": ("stop", "skip", "off"),
+    "train.cuda_graph": ("auto", "on", "off"),
+    "train.teacher_mode": ("auto", "eager", "graph", "compile"),
+    "data.output_dtype": ("auto", "float32", "float16"),
     "mixed_precision": ("no", "bf16", "fp16"),
 }
 BUDGET_METHODS = ("random", "unix", "uncertainty", "mixup", "nonadaptive")  # the methods that keep k rows
