@@ -158,6 +158,17 @@ def resolve_n_pick(n_pick, N: int, pool: int) -> int:
     return max(1, int(round(n_pick * N)))
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device` without a host sync: to CUDA through page-locked memory, asynchronously.
+
+    A copy from pageable memory may make the host wait for the stream (CUDA's staging rules); from pinned
+    memory it is queued. PyTorch's pinned-memory cache keeps the block until the copy has run.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 # ---- the scoring forward (SPEC §2 step 1) ----
 
 def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor:
@@ -233,7 +244,7 @@ class Selector:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
     def _device_index(self, index: np.ndarray, images: Tensor) -> Tensor:
-        return torch.as_tensor(index, device=images.device)  # host -> device copy, no sync on results
+        return to_device(torch.from_numpy(np.ascontiguousarray(index)), images.device)
 
     @staticmethod
     def _clean(images: Tensor, labels: Tensor | None, index: Tensor) -> Selection:
@@ -288,10 +299,19 @@ class UnixSelector(Selector):
         N = images.shape[0]
         k, b = resolve_k(self.k, N), resolve_b(self.b, N)
         logits = score(student, images, self.score_mode)                    # step 1
-        lam = float(self.rng.beta(self.alpha, self.alpha))                  # step 5: one λ per step
-        perm = self._device_index(self.rng.permutation(N), images)          # step 4: original batch
-        mix = unix_mix(images, logits, k=k, lam=lam, perm=perm,             # steps 2-3, 6-8
+        lam, perm = self.draw(N)                                            # steps 4-5
+        mix = unix_mix(images, logits, k=k, lam=lam, perm=self._device_index(perm, images),  # steps 2-3, 6-8
                        w=self.w, b=b, criterion=self.criterion)
+        return self.selection(mix, labels, N)
+
+    def draw(self, N: int) -> tuple[float, np.ndarray]:
+        """This step's random draws, host-side: one λ ~ Beta(α, α) and a permutation of the original batch."""
+        lam = float(self.rng.beta(self.alpha, self.alpha))  # step 5: one λ per step
+        perm = self.rng.permutation(N)                      # step 4: partners from the original batch
+        return lam, perm
+
+    @staticmethod
+    def selection(mix, labels: Tensor | None, N: int) -> Selection:
         y = y_partner = None
         if labels is not None:
             y, y_partner = labels[mix.rank], labels[mix.partner]

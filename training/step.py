@@ -63,6 +63,7 @@ class DistillStep:
         self.student = student  # as prepared by Accelerate (DDP-wrapped on several processes)
         self.scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
         self.teacher = teacher
+        self.teacher_call = teacher  # how the teacher's forward runs (training.fastpath.TeacherForward on CUDA)
         self.optimizer, self.scheduler, self.selector = optimizer, scheduler, selector
         self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
         self.nonfinite = nonfinite  # stop | skip | off
@@ -86,7 +87,7 @@ class DistillStep:
         if sel.extra is not None and sel.extra_teacher_logits is None:
             x = torch.cat([sel.x, sel.extra])
         with self.accelerator.autocast(), self._tap(self.teacher, "teacher") as feats:
-            logits = self.teacher(x)
+            logits = self.teacher_call(x)
         if sel.extra_teacher_logits is not None:  # labelled during selection: reused, not recomputed
             logits = torch.cat([logits, sel.extra_teacher_logits.to(logits.dtype)])
         return TeacherOut(logits, list(feats))

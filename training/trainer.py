@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import AutocastKwargs, set_seed
 
 from selection import build_selector
+from selection.graphed import graphed
 
 from . import checkpoint as ckpt
 from .analytics import SamplingLog
@@ -26,6 +27,7 @@ from .config import Config, save_config
 from .cost import CostLedger, measure_pair
 from .data import build_data
 from .evaluate import evaluate
+from .fastpath import TeacherForward, apply_channels_last, selection_graph_mode, teacher_mode
 from .features import FeatureDistill, resolve_layers
 from .guards import NonFiniteError, PreemptionFlag
 from .models import create_model
@@ -35,7 +37,11 @@ from .step import DistillStep
 
 def make_accelerator(cfg: Config) -> Accelerator:
     # cpu=True off-GPU so that `accelerate launch --multi_gpu` also runs (over gloo) on CPU machines.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    # Autocast's weight-cast cache off: Accelerate wraps the student's forward in autocast, and a cast cached
+    # during the warm-up of a CUDA-graph capture would be read by every replay (stale weights, freed memory).
+    # Each weight is cast once per forward anyway, so the cache saves nothing here.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
 
 
 class MetricsLog:
@@ -228,6 +234,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
                                             L.teacher_layers, L.student_layers)
         features = FeatureDistill(L.feature, L.at_weight if L.feature == "at" else L.sp_weight, t_layers, s_layers)
 
+    if cfg.train.channels_last:  # before the optimizer and Accelerate see the parameters
+        apply_channels_last(student, teacher)
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -238,6 +246,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
                        nonfinite=cfg.train.nonfinite, features=features)
+    if teacher is not None:
+        step.teacher_call = TeacherForward(teacher, teacher_mode(cfg, accelerator.device, features is not None))
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
@@ -254,10 +264,12 @@ def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: Co
                            Fs=ledger.Fs, measured_Bs=ledger.Bs)
         if accelerator.is_main_process:
             print(line)
-    return build_selector(method, k=k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
-                          score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool, n_pick=s.n_pick,
-                          pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
-                          seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    selector = build_selector(method, k=k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
+                              score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool, n_pick=s.n_pick,
+                              pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
+                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    mode = selection_graph_mode(cfg, accelerator.device)
+    return graphed(selector, mode=mode) if mode else selector  # UNIX: one CUDA graph replay per step
 
 
 def _prepare_out_dir(out: Path, need_bytes: int) -> None:
