@@ -116,7 +116,10 @@ class DistillStep:
     def optimizer_step(self, loss: Tensor | None = None) -> None:
         """SGD step and schedule; with a loss given, first check it and the gradients (`nonfinite`)."""
         if loss is not None and self.nonfinite != "off":
-            finite = all_finite(loss, self.student.parameters())
+            # fp16: an overflowing gradient is the grad scaler's business (it skips that step and lowers the
+            # scale, which happens routinely in the first steps); only the loss itself is checked then.
+            scaled = getattr(self.accelerator, "scaler", None) is not None
+            finite = all_finite(loss, () if scaled else self.student.parameters())
             if self.nonfinite == "stop":
                 # No host sync: on CUDA this asserts on the device, ahead of the optimizer's kernels in
                 # stream order, so the weights are never updated; on CPU it raises right here.

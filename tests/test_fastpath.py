@@ -281,3 +281,75 @@ def test_graph_short_last_batch_and_teacher_graph():
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             torch.testing.assert_close(fast(x).float(), teacher(x).float(), atol=2e-2, rtol=2e-2)
     assert next(iter(fast.graphs.values())).graph is not None
+
+
+# ---- fp16 with a grad scaler ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scaler", [False, True])
+def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
+    """With a scaler (fp16), an inf gradient is routine (the scaler skips the step); a NaN loss still stops."""
+    import contextlib
+
+    from training.guards import NonFiniteError
+    from training.step import DistillStep
+
+    class Acc:
+        def autocast(self):
+            return contextlib.nullcontext()
+
+        def unwrap_model(self, model):
+            return model
+
+        def backward(self, loss):
+            loss.backward()
+
+    acc = Acc()
+    acc.scaler = object() if scaler else None
+    model = student()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    step = DistillStep(acc, model, None, opt, sched, build_selector("kd"), temperature=4.0, kd_weight=1.0,
+                       ce_weight=1.0)
+    loss = model(batch(torch.Generator().manual_seed(11))[0]).logsumexp(1).mean()
+    loss.backward()
+    next(model.parameters()).grad[0] = float("inf")
+    if scaler:
+        step.optimizer_step(loss)  # the (real) scaler would skip this step; the guard does not stop the run
+    else:
+        with pytest.raises(NonFiniteError):
+            step.optimizer_step(loss)
+    with pytest.raises(NonFiniteError):
+        step.optimizer_step(torch.tensor(float("nan")))
+
+
+@cuda
+def test_training_steps_with_graphs_track_eager_steps(digits_root, teacher_ckpt):
+    """Whole DistillSteps (graphed selection + teacher graph, bf16, channels_last) against eager ones built
+    from the same seed: the weights change every step, so a replay reading stale weights would drift."""
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
+
+    from training.trainer import build_run
+
+    def run(fast: bool):
+        cfg = load_config("configs/demo.yaml", [
+            f"data.root={digits_root}", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
+            "model.student=test_resnet", "data.batch_size=64", "selection.k=48", "mixed_precision=bf16",
+            "train.channels_last=true", f"train.cuda_graph={'on' if fast else 'off'}",
+            f"train.teacher_mode={'graph' if fast else 'eager'}"])
+        torch.manual_seed(0)
+        acc = Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+        return build_run(cfg, acc, C, steps_per_epoch=100)
+
+    eager, fast = run(False), run(True)
+    assert type(fast.selector).__name__ == "GraphedUnixSelector" and fast.step.teacher_call.mode == "graph"
+    gen = torch.Generator().manual_seed(12)
+    for _ in range(12):
+        x, y = batch(gen, 64, device="cuda")
+        x = x.to(memory_format=torch.channels_last)
+        loss_e, _ = eager.step(x, y)
+        loss_f, _ = fast.step(x, y)
+        torch.testing.assert_close(loss_f, loss_e, rtol=3e-2, atol=1e-3)
+    for p, q in zip(eager.student.parameters(), fast.student.parameters()):
+        torch.testing.assert_close(q, p, rtol=5e-2, atol=5e-3)
+    assert fast.selector.fallbacks == 0 and fast.step.teacher_call.eager_calls == 0
