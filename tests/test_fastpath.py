@@ -353,3 +353,31 @@ def test_training_steps_with_graphs_track_eager_steps(digits_root, teacher_ckpt)
     for p, q in zip(eager.student.parameters(), fast.student.parameters()):
         torch.testing.assert_close(q, p, rtol=5e-2, atol=5e-3)
     assert fast.selector.fallbacks == 0 and fast.step.teacher_call.eager_calls == 0
+
+
+@pytest.mark.slow
+def test_compiled_teacher_and_student_match_eager_steps(digits_root, teacher_ckpt):
+    """train.teacher_mode=compile and train.compile_student=default (inductor, here on a CPU): the same losses
+    and weights as eager steps, and the run's module (saved, evaluated) is not the compiled one."""
+    from accelerate import Accelerator
+
+    from training.trainer import build_run
+
+    def run(compiled: bool):
+        cfg = load_config("configs/demo.yaml", [
+            f"data.root={digits_root}", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
+            "model.student=test_resnet", "data.batch_size=16", "selection.k=12",
+            f"train.teacher_mode={'compile' if compiled else 'eager'}",
+            f"train.compile_student={'default' if compiled else 'none'}"])
+        torch.manual_seed(0)
+        return build_run(cfg, Accelerator(cpu=True), C, steps_per_epoch=100)
+
+    eager, compiled = run(False), run(True)
+    assert compiled.step.student_call is not compiled.student and compiled.step.teacher_call.mode == "compile"
+    assert not hasattr(compiled.student, "_orig_mod")
+    gen = torch.Generator().manual_seed(13)
+    for _ in range(3):
+        x, y = batch(gen)
+        torch.testing.assert_close(compiled.step(x, y)[0], eager.step(x, y)[0], rtol=1e-4, atol=1e-5)
+    for p, q in zip(eager.student.parameters(), compiled.student.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)

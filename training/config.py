@@ -123,6 +123,9 @@ class TrainConfig:
     channels_last: bool = False  # models and loader images in NHWC memory (faster convolutions on tensor cores)
     cuda_graph: str = "auto"  # UNIX scoring + selection replayed from one CUDA graph: auto (on CUDA) | on | off
     teacher_mode: str = "auto"  # teacher forward on the k rows: auto (graph on CUDA) | eager | graph | compile
+    # the student's training forward/backward through torch.compile (inductor): fuses BatchNorm/ReLU/adds,
+    # fewer launches for a small student. none | default | max-autotune-no-cudagraphs (longer compile)
+    compile_student: str = "none"
 
 
 @dataclass
@@ -156,6 +159,7 @@ CHOICES = {
     "train.nonfinite": ("stop", "skip", "off"),
     "train.cuda_graph": ("auto", "on", "off"),
     "train.teacher_mode": ("auto", "eager", "graph", "compile"),
+    "train.compile_student": ("none", "default", "max-autotune-no-cudagraphs"),
     "data.output_dtype": ("auto", "float32", "float16"),
     "mixed_precision": ("no", "bf16", "fp16"),
 }

@@ -6,6 +6,7 @@
   graph (one CUDA graph per input shape), compile (`torch.compile`, inductor) or eager. auto = graph on CUDA
   unless a feature loss (AT/SP) needs the teacher's intermediate layers, which a replay does not expose.
 * `train.channels_last`: models in NHWC memory (`apply_channels_last`); the loaders hand over NHWC images.
+* `train.compile_student`: the student's training forward/backward through torch.compile (`compile_student`).
 
 Everything here has an eager twin that gives the same numbers; CPU runs use it unless told otherwise.
 """
@@ -45,6 +46,27 @@ def teacher_mode(cfg: Config, device: torch.device, has_features: bool) -> str:
         raise ConfigError(f"train.teacher_mode={value} cannot expose the teacher's layers that "
                           f"loss.feature={cfg.loss.feature} reads; use teacher_mode=eager (or auto)")
     return value
+
+
+def compile_student(student: nn.Module, mode: str) -> nn.Module:
+    """`train.compile_student`: the callable of the student's training forward, through torch.compile.
+
+    Compiled after `prepare` (on the DDP wrapper, as Accelerate itself does: DDP's graph breaks split it per
+    gradient bucket). Only `DistillStep.student_call` uses it: the scoring forward (and its CUDA graph),
+    evaluation and checkpoints keep the eager module, whose parameters the compiled one shares.
+    """
+    if mode == "none":
+        return student
+    return torch.compile(student, mode=None if mode == "default" else mode)
+
+
+def configure_backends(device: torch.device) -> None:
+    """CUDA: cuDNN autotuning (every step has the same shapes; the graphs' warm-up calls tune before capture)
+    and TF32 for float32 matmuls/convolutions, as timm's train script does. Nothing on a CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def apply_channels_last(*models: nn.Module | None) -> None:

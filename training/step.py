@@ -62,6 +62,7 @@ class DistillStep:
         self.accelerator = accelerator
         self.student = student  # as prepared by Accelerate (DDP-wrapped on several processes)
         self.scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
+        self.student_call = student  # the training forward (torch.compile'd with train.compile_student)
         self.teacher = teacher
         self.teacher_call = teacher  # how the teacher's forward runs (training.fastpath.TeacherForward on CUDA)
         self.optimizer, self.scheduler, self.selector = optimizer, scheduler, selector
@@ -100,7 +101,7 @@ class DistillStep:
         w = sel.weights or LossWeights(ce=self.ce_weight, kd=self.kd_weight, extra_kd=0.0)
         with self.accelerator.autocast():
             with self._tap(self.scorer, "student") as feats:
-                s_logits = self.student(x)
+                s_logits = self.student_call(x)
             t_logits = None if t is None else t.logits
             loss = distill_loss(s_logits[:k], None if t is None else t_logits[:k], sel,
                                 temperature=self.temperature, kd_weight=w.kd, ce_weight=w.ce)

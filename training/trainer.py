@@ -27,7 +27,8 @@ from .config import Config, save_config
 from .cost import CostLedger, measure_pair
 from .data import build_data
 from .evaluate import evaluate
-from .fastpath import TeacherForward, apply_channels_last, selection_graph_mode, teacher_mode
+from .fastpath import (TeacherForward, apply_channels_last, compile_student, configure_backends,
+                       selection_graph_mode, teacher_mode)
 from .features import FeatureDistill, resolve_layers
 from .guards import NonFiniteError, PreemptionFlag
 from .models import create_model
@@ -234,6 +235,7 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
                                             L.teacher_layers, L.student_layers)
         features = FeatureDistill(L.feature, L.at_weight if L.feature == "at" else L.sp_weight, t_layers, s_layers)
 
+    configure_backends(accelerator.device)
     if cfg.train.channels_last:  # before the optimizer and Accelerate see the parameters
         apply_channels_last(student, teacher)
     optimizer = build_optimizer(student, cfg.optim)
@@ -246,6 +248,7 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
                        nonfinite=cfg.train.nonfinite, features=features)
+    step.student_call = compile_student(student, cfg.train.compile_student)  # saving/eval keep the module
     if teacher is not None:
         step.teacher_call = TeacherForward(teacher, teacher_mode(cfg, accelerator.device, features is not None))
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
