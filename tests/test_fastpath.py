@@ -172,9 +172,9 @@ def test_teacher_forward_static_equals_eager_and_caps_its_graphs():
 
 # ---- config switches --------------------------------------------------------------------------------
 
-def test_fast_path_switches_resolve_per_device(digits_root):
+def test_fast_path_switches_resolve_per_device():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    cfg = load_config("configs/demo.yaml", [f"data.root={digits_root}"])
+    cfg = load_config("configs/demo.yaml", ["data.root=unused"])
     assert selection_graph_mode(cfg, cpu) is None and selection_graph_mode(cfg, gpu) == "graph"
     assert teacher_mode(cfg, cpu, False) == "eager" and teacher_mode(cfg, gpu, False) == "graph"
     assert teacher_mode(cfg, gpu, True) == "eager"  # AT/SP read the teacher's layers: no replay
@@ -189,15 +189,15 @@ def test_fast_path_switches_resolve_per_device(digits_root):
     with pytest.raises(ConfigError, match="cannot expose the teacher's layers"):
         teacher_mode(cfg, gpu, True)
     with pytest.raises(ConfigError, match="train.cuda_graph"):
-        load_config("configs/demo.yaml", [f"data.root={digits_root}", "train.cuda_graph=yes"])
+        load_config("configs/demo.yaml", ["data.root=unused", "train.cuda_graph=yes"])
 
 
-def test_build_run_on_cpu_is_eager_and_channels_last_steps(digits_root, teacher_ckpt):
+def test_build_run_on_cpu_is_eager_and_channels_last_steps(teacher_ckpt):
     from accelerate import Accelerator
 
     from training.trainer import build_run
 
-    cfg = load_config("configs/demo.yaml", [f"data.root={digits_root}", f"model.teacher_checkpoint={teacher_ckpt}",
+    cfg = load_config("configs/demo.yaml", ["data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}",
                                             "model.teacher=test_resnet", "model.student=test_resnet",
                                             "data.batch_size=16", "selection.k=12", "train.channels_last=true"])
     run = build_run(cfg, Accelerator(cpu=True), C, steps_per_epoch=10)
@@ -323,7 +323,7 @@ def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
 
 
 @cuda
-def test_training_steps_with_graphs_track_eager_steps(digits_root, teacher_ckpt):
+def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt):
     """Whole DistillSteps (graphed selection + teacher graph, bf16, channels_last) against eager ones built
     from the same seed: the weights change every step, so a replay reading stale weights would drift."""
     from accelerate import Accelerator
@@ -333,7 +333,7 @@ def test_training_steps_with_graphs_track_eager_steps(digits_root, teacher_ckpt)
 
     def run(fast: bool):
         cfg = load_config("configs/demo.yaml", [
-            f"data.root={digits_root}", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
+            "data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
             "model.student=test_resnet", "data.batch_size=64", "selection.k=48", "mixed_precision=bf16",
             "train.channels_last=true", f"train.cuda_graph={'on' if fast else 'off'}",
             f"train.teacher_mode={'graph' if fast else 'eager'}"])
@@ -356,7 +356,7 @@ def test_training_steps_with_graphs_track_eager_steps(digits_root, teacher_ckpt)
 
 
 @pytest.mark.slow
-def test_compiled_teacher_and_student_match_eager_steps(digits_root, teacher_ckpt):
+def test_compiled_teacher_and_student_match_eager_steps(teacher_ckpt):
     """train.teacher_mode=compile and train.compile_student=default (inductor, here on a CPU): the same losses
     and weights as eager steps, and the run's module (saved, evaluated) is not the compiled one."""
     from accelerate import Accelerator
@@ -365,7 +365,7 @@ def test_compiled_teacher_and_student_match_eager_steps(digits_root, teacher_ckp
 
     def run(compiled: bool):
         cfg = load_config("configs/demo.yaml", [
-            f"data.root={digits_root}", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
+            "data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
             "model.student=test_resnet", "data.batch_size=16", "selection.k=12",
             f"train.teacher_mode={'compile' if compiled else 'eager'}",
             f"train.compile_student={'default' if compiled else 'none'}"])
