@@ -233,7 +233,16 @@ class Selector:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
     def _device_index(self, index: np.ndarray, images: Tensor) -> Tensor:
-        return torch.as_tensor(index, device=images.device)  # host -> device copy, no sync on results
+        """Rows drawn on the host, as a LongTensor on the images' device, without a host-device sync.
+
+        A plain copy from pageable memory (`torch.as_tensor(index, device="cuda")`) ends in
+        cudaStreamSynchronize: the host waits for all queued GPU work, every step. From pinned memory the
+        copy is queued like a kernel; the caching host allocator keeps the pinned block until it has run.
+        """
+        index = torch.as_tensor(index)
+        if images.device.type == "cuda":
+            return index.pin_memory().to(images.device, non_blocking=True)
+        return index.to(images.device)
 
     @staticmethod
     def _clean(images: Tensor, labels: Tensor | None, index: Tensor) -> Selection:
