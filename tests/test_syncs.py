@@ -11,6 +11,7 @@ CPU: blocking host -> device copies (`torch.as_tensor(numpy, device="cuda")`); o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from selection import METHODS
 from training.analytics import SamplingLog
+from training.evaluate import evaluate
 from training.timing import build_timed_run, load_timing_config, synthetic_batch
 from training.trainer import make_accelerator, make_selector
 
@@ -207,6 +209,28 @@ def test_nonfinite_skip_reads_once_per_step_in_the_optimizer_step(runs):
         t.steps(STEPS)
     assert len(reads.found) == STEPS and len(set(reads.found)) == 1, reads.found
     assert reads.found[0].startswith("aten._local_scalar_dense.default at training/step.py:")
+
+
+def test_evaluate_reads_back_once_whatever_the_number_of_batches():
+    class OneProcess:
+        device = torch.device("cpu")
+
+        def reduce(self, tensor, reduction="sum"):
+            return tensor.clone()
+
+        def autocast(self):
+            return contextlib.nullcontext()
+
+    class Batches(list):
+        def set_epoch(self, epoch):
+            pass
+
+    g = torch.Generator().manual_seed(0)
+    loader = Batches((torch.randn(16, C, generator=g), torch.randint(0, C, (16,), generator=g)) for _ in range(4))
+    with HostReads() as reads:
+        result = evaluate(torch.nn.Identity(), loader, OneProcess(), num_classes=C)
+    assert len(reads.found) == 1 and reads.found[0].startswith("Tensor.tolist at training/evaluate.py:")  # the reduce
+    assert sum(result["per_class_total"]) == 64
 
 
 # --------------------------------------------------------------------------------------------------------
