@@ -217,8 +217,14 @@ class _Epoch:
             self.close()
             raise
         images, labels = batch["images"], batch["labels"].squeeze(-1).long()  # DALI labels: int32 [B, 1]
-        non_blocking = self._target.type == "cuda"
-        return images.to(self._target, non_blocking=non_blocking), labels.to(self._target, non_blocking=non_blocking)
+        return self._to_target(images), self._to_target(labels)
+
+    def _to_target(self, t: torch.Tensor) -> torch.Tensor:
+        # DALI hands CPU outputs (the labels; the images in cpu mode) over in pageable memory, from which
+        # even a non_blocking copy to the GPU may wait for the stream. Pinned first, the copy is truly queued.
+        if self._target.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self._target, non_blocking=True)
+        return t.to(self._target)
 
     def checkpoint(self) -> bytes | None:
         """DALI's serialized state after the batches yielded so far (None once the epoch is closed)."""

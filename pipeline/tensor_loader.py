@@ -29,7 +29,7 @@ class TensorLoader(ArrayLoaderBase):
 
     def _batches(self, order, offsets, flips):
         dev = self.target_device
-        order = torch.from_numpy(order).to(dev)
+        order = torch.from_numpy(order).to(dev)  # sync: once per epoch, blocking uploads of the plan
         if self.train:  # one upload per epoch for the whole plan
             offsets, flips = torch.from_numpy(offsets).to(dev), torch.from_numpy(flips).to(dev)
         for lo in range(0, len(order), self.batch_size):

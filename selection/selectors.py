@@ -161,8 +161,9 @@ def resolve_n_pick(n_pick, N: int, pool: int) -> int:
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """A host tensor on `device` without a host sync: to CUDA through page-locked memory, asynchronously.
 
-    A copy from pageable memory may make the host wait for the stream (CUDA's staging rules); from pinned
-    memory it is queued. PyTorch's pinned-memory cache keeps the block until the copy has run.
+    A plain copy from pageable memory (`torch.as_tensor(index, device="cuda")`) ends in cudaStreamSynchronize:
+    the host waits for all queued GPU work, every step. From pinned memory the copy is queued like a kernel;
+    the caching host allocator keeps the pinned block until it has run.
     """
     if device.type != "cuda":
         return t.to(device)
@@ -244,7 +245,8 @@ class Selector:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
     def _device_index(self, index: np.ndarray, images: Tensor) -> Tensor:
-        return to_device(torch.from_numpy(np.ascontiguousarray(index)), images.device)
+        """Rows drawn on the host, as a LongTensor on the images' device, without a host-device sync."""
+        return to_device(torch.as_tensor(index), images.device)
 
     @staticmethod
     def _clean(images: Tensor, labels: Tensor | None, index: Tensor) -> Selection:

@@ -66,6 +66,28 @@ def test_counts_per_epoch_with_extra_rows_and_images(tmp_path):
     assert np.load(tmp_path / "sampling_images" / "epoch-0001.npy").tolist() == [1, 1, 1, 1] + [0] * 6
 
 
+def test_counts_match_a_bincount_reference(tmp_path):
+    # observe counts with index_add_ (torch.bincount syncs on CUDA); torch.bincount is the reference here,
+    # over random batches with repeated rows, a class absent from a batch and empty extra views.
+    classes = 7
+    g = torch.Generator().manual_seed(0)
+    log = SamplingLog(tmp_path, [str(c) for c in range(classes)], "cpu", write=False)
+    log.set_epoch(0, 0)
+    want = torch.zeros(3, classes, dtype=torch.int64)
+    for step in range(20):
+        N = int(torch.randint(1, 12, (), generator=g))
+        labels = torch.randint(0, classes - 1, (N,), generator=g)  # the last class never occurs
+        index = torch.randint(0, N, (int(torch.randint(1, N + 1, (), generator=g)),), generator=g)
+        extra = None if step % 3 == 0 else torch.randint(0, N, (step % 4,), generator=g)
+        log.observe(labels, SimpleNamespace(index=index, extra_index=extra))
+        want[0] += torch.bincount(labels, minlength=classes)
+        want[1] += torch.bincount(labels[index], minlength=classes)
+        if extra is not None:
+            want[2] += torch.bincount(labels[extra], minlength=classes)
+    assert log.counts.dtype == torch.int64 and log.counts.tolist() == want.tolist()
+    assert want[2].sum() > 0 and want[0, -1] == 0
+
+
 def test_resume_mid_epoch_keeps_the_counts(tmp_path):
     acc = OneProcess()
     labels = torch.tensor([0, 1, 2, 3])

@@ -46,15 +46,15 @@ class SamplingLog:
     def set_epoch(self, epoch: int, start_batch: int) -> None:
         self.epoch, self.batch = epoch, start_batch
         if self.count_images:
+            # sync: once per epoch, a blocking host -> device copy of the epoch's sample order
             self.order = torch.as_tensor(np.asarray(self.loader.sample_order(epoch)), device=self.device)
 
     def observe(self, labels: torch.Tensor, sel) -> None:
-        """One step's batch labels [N] and its Selection; device work only."""
-        C = self.C
-        self.counts[0] += torch.bincount(labels, minlength=C)
-        self.counts[1] += torch.bincount(labels[sel.index], minlength=C)
+        """One step's batch labels [N] and its Selection; device work only (no host sync)."""
+        self._count(0, labels)
+        self._count(1, labels[sel.index])
         if sel.extra_index is not None:
-            self.counts[2] += torch.bincount(labels[sel.extra_index], minlength=C)
+            self._count(2, labels[sel.extra_index])
         if self.count_images:
             N = labels.shape[0]
             ids = self.order[self.batch * N:(self.batch + 1) * N]
@@ -62,6 +62,14 @@ class SamplingLog:
             self.images.index_add_(0, ids[rows], torch.ones(rows.shape[0], dtype=torch.int32, device=self.device))
         self.batch += 1
         self.steps += 1
+
+    def _count(self, row: int, labels: torch.Tensor) -> None:
+        """counts[row][c] += number of `labels` equal to c.
+
+        Not torch.bincount: on CUDA it reads max(labels) back to the host to size its output, a host-device
+        sync every step even with minlength. Adding a one at each label's position gives the same counts.
+        """
+        self.counts[row].index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
 
     # --- at the end of an epoch (or of the run, mid-epoch) ---------------------------------------------
     @property
@@ -80,7 +88,7 @@ class SamplingLog:
             for key, row in zip(("seen", "selected", "extra"), counts):
                 h[key].append(row)
         if self.count_images:
-            images = accelerator.reduce(self.images, reduction="sum").cpu().numpy()
+            images = accelerator.reduce(self.images, reduction="sum").cpu().numpy()  # sync: once per epoch
             if self.write_files:
                 folder = self.out_dir / IMAGES_DIR
                 folder.mkdir(exist_ok=True)
@@ -111,7 +119,8 @@ class SamplingLog:
 
     # --- checkpoints: the history (main process) and this process's counts of the epoch so far ----------
     def state_dict(self) -> dict:
-        return {"history": self.history if self.write_files else None, "counts": self.counts.tolist(),
+        return {"history": self.history if self.write_files else None,
+                "counts": self.counts.tolist(),  # sync: at a checkpoint
                 "steps": self.steps}
 
     def load_state_dict(self, state: dict | None) -> None:

@@ -26,9 +26,9 @@ def evaluate(model, loader, accelerator, num_classes: int | None = None) -> dict
         counts[0] += hit[:, 0].sum()
         counts[1] += hit.any(dim=1).sum()
         counts[2] += labels.numel()
-        if C:
-            counts[3:3 + C] += torch.bincount(labels[hit[:, 0]], minlength=C)[:C]
-            counts[3 + C:] += torch.bincount(labels, minlength=C)[:C]
+        if C:  # index_add_: bincount and a boolean mask would each read back to the host, every batch on CUDA
+            counts[3:3 + C].index_add_(0, labels, hit[:, 0].to(counts.dtype))
+            counts[3 + C:].index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
     model.train(was_training)
     counts = accelerator.reduce(counts, reduction="sum").tolist()  # sync: once per evaluation
     c1, c5, n = counts[:3]

@@ -138,7 +138,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                                          f"updated; last complete checkpoint: {last or 'none'}") from None
                 ledger.add_step(batch=n.batch * world, teacher=n.teacher * world,
                                 student_fwd=n.student_fwd * world, student_bwd=n.student_bwd * world)
-                loss_sum += loss
+                loss_sum += loss  # stays on the device: read once per log_every steps
                 step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
                 bar.update(1)
 
@@ -156,10 +156,11 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                     t_log, steps_since_log = time.perf_counter(), 0
                 mid_epoch = batch_in_epoch < steps_per_epoch
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                    # sync: a checkpoint copies weights, optimizer state and counts to the host
                     save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
                 # One process checks its flag every step (free); several agree every preempt_check_every steps.
                 check = world == 1 or step % cfg.train.preempt_check_every == 0 or step == total_steps
-                preempted = check and preemption.agreed(accelerator)
+                preempted = check and preemption.agreed(accelerator)  # sync: all-reduce, only with several
                 if step >= total_steps or preempted:
                     stop_state = data.train.state_dict() if mid_epoch else None  # before the pipeline closes
                     break
