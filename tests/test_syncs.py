@@ -136,7 +136,7 @@ def timing_config(*extra: str):
     return load_timing_config(DEMO, [
         "model.teacher=test_resnet", "model.student=test_resnet", f"model.num_classes={C}", f"data.batch_size={N}",
         f"selection.k={K}", "loss.ce_weight=0.5",  # the mixed-label CE too (demo.yaml has none)
-        "out_dir=unused", *extra], "synthetic")
+        "model.teacher_checkpoint=", "out_dir=unused", *extra], "synthetic")  # random teacher weights
 
 
 class Trainerish:
@@ -198,6 +198,22 @@ def test_steps_read_nothing_back_from_the_device(runs, method, extra):
     assert reads.found == [], f"{method}: host reads inside the step: {reads.found}"
     # the steps did run, and the analytics counted them
     assert (t.sampling.counts - before)[0].sum() == STEPS * N and torch.isfinite(t.loss_sum)
+
+
+def test_fast_path_twins_read_nothing_back(runs):
+    """The CUDA-graph selection and teacher graph, as their CPU twins (same buffers and copies, no capture)."""
+    from selection.graphed import graphed
+    from training.fastpath import TeacherForward
+
+    t = runs(("train.channels_last=true",))
+    t.use("unix")
+    t.step.selector = graphed(t.step.selector, mode="static")
+    t.step.teacher_call = TeacherForward(t.run.teacher, "static")
+    t.steps(WARMUP)  # the first step builds the static buffers
+    with HostReads() as reads:
+        t.steps(STEPS)
+    assert reads.found == [], reads.found
+    assert t.step.selector.fallbacks == 0 and t.step.teacher_call.graphs
 
 
 def test_nonfinite_skip_reads_once_per_step_in_the_optimizer_step(runs):
