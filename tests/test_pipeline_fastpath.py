@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import IMAGENET_MEAN, IMAGENET_STD, ArrayDaliLoader, DaliLoader, ImageArrays, TensorLoader, scan_folder
+from pipeline import IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, ArrayDaliLoader, DaliLoader, ImageArrays, TensorLoader, scan_folder
 from training.config import ConfigError, load_config
 
 DEMO = "configs/demo.yaml"
@@ -241,3 +241,24 @@ def test_gpu_array_loader_float16_channels_last_on_the_device():
     x, y = next(iter(loader))
     assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float16
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_preallocate_hint_does_not_reserve_a_batch_of_giant_images(photos):
+    """The ImageNet-style folders pass the hardware decoder a hint of the largest ImageNet photo (5980×6430).
+    nvImageCodec preallocates for the whole batch (N = 256 here); if that meant N full-size RGB buffers it would
+    take ~30 GB. Guard: less than 4 GiB more device memory than without the hint (DALI keeps freed memory in its
+    pools, so the run without the hint goes first and the difference is what the hint added)."""
+    index = scan_folder(photos, "train")
+
+    def free_after_one_batch(hint) -> int:
+        loader = DaliLoader(index, train=True, batch_size=256, image_size=224, device="gpu", device_id=0,
+                            target_device="cuda:0", preallocate_hint=hint)
+        x, _ = next(iter(loader))
+        torch.cuda.synchronize()
+        return torch.cuda.mem_get_info(0)[0]
+
+    without = free_after_one_batch(None)
+    extra = without - free_after_one_batch(IMAGENET_LARGEST)
+    assert extra < 4 * 2**30, f"the preallocate hint took {extra / 2**30:.1f} GiB more device memory"
