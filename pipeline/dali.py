@@ -20,8 +20,8 @@ queued: the iterator schedules the next run before it hands batch i over, so rea
 (on the CPU threads and the hardware decoder) proceed while the training step consumes batch i (CPU mode, 32
 photos at 224 px on 2 cores: ~100 ms per batch back to back, ~5 ms wait after a 200 ms step). The handover is
 zero-copy (DLPack, DALI's default dynamic executor), and in GPU mode images and labels are already on the device
-(labels move inside DALI), so no host-device copy or sync sits between the steps. CPU mode with a CUDA ``target_device`` copies each batch
-from pageable memory (a host stall per batch): it is the fallback, not the fast path.
+(labels move inside DALI), so no host-device copy or sync sits between the steps. CPU mode with a CUDA
+``target_device`` copies each batch from pageable memory (a host stall per batch): the fallback, not the fast path.
 """
 
 from __future__ import annotations
