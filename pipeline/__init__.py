@@ -9,7 +9,7 @@ without DALI installed; constructing a ``DaliLoader`` then says how to install i
 from .array_dali import ArrayDaliLoader
 from .arrays import ImageArrays
 from .cifar import read_cifar
-from .dali import IMAGENET_MEAN, IMAGENET_STD, DaliLoader
+from .dali import IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, DaliLoader
 from .demo_data import ensure_digits_dataset
 from .folder import FolderIndex, restrict, scan_folder
 from .scan import BadFile, ScanReport, preflight, scan_tree
@@ -17,7 +17,7 @@ from .tensor_loader import TensorLoader
 from .tinyimagenet import scan_tinyimagenet
 
 __all__ = [
-    "ArrayDaliLoader", "BadFile", "DaliLoader", "FolderIndex", "IMAGENET_MEAN", "IMAGENET_STD", "ImageArrays",
-    "ScanReport", "TensorLoader", "ensure_digits_dataset", "preflight", "read_cifar", "restrict", "scan_folder",
-    "scan_tinyimagenet", "scan_tree",
+    "ArrayDaliLoader", "BadFile", "DaliLoader", "FolderIndex", "IMAGENET_LARGEST", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ImageArrays", "ScanReport", "TensorLoader", "ensure_digits_dataset", "preflight", "read_cifar", "restrict",
+    "scan_folder", "scan_tinyimagenet", "scan_tree",
 ]

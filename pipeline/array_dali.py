@@ -2,8 +2,9 @@
 
 Each epoch the host hands DALI this rank's batches of uint8 HWC images with their labels and the crop offsets
 and flips of ``arrays.crop_plan``; DALI pads and crops (``fn.slice`` with out-of-bounds padding), mirrors and
-normalizes (``fn.crop_mirror_normalize``), on the GPU in gpu mode (``device="gpu"``; the images cross to the
-device inside the pipeline) or on the CPU. Same plan as ``TensorLoader``, so the same batches.
+normalizes (``fn.crop_mirror_normalize``, writing float32 or float16, CHW, or HWC for channels_last), on the GPU
+in gpu mode (``device="gpu"``; the images cross to the device inside the pipeline) or on the CPU. Same plan as
+``TensorLoader``, so the same batches.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ class ArrayDaliLoader(ArrayLoaderBase):
         order, offsets, flips = self._take_epoch()
         if len(order) == 0:
             return iter(())
-        epoch = _Epoch(self._pipeline(order, offsets, flips), self.target_device, reader_name=None)
+        epoch = _Epoch(self._pipeline(order, offsets, flips), self.target_device, reader_name=None,
+                       channels_last=self.channels_last)
         self._running = weakref.ref(epoch)
         return epoch
 
     def _pipeline(self, order, offsets, flips):
-        from nvidia.dali import Pipeline, fn, types
+        from nvidia.dali import Pipeline, fn
+
+        from .graphs import OUTPUT_DTYPES
 
         B, pad = self.batch_size, self.pad
         H, W = self.hwc.shape[1:3]
@@ -73,7 +77,10 @@ class ArrayDaliLoader(ArrayLoaderBase):
             if self.train:
                 images = fn.slice(images, start=anchors, shape=[H, W], axes=[0, 1], out_of_bounds_policy="pad",
                                   fill_values=0)
-            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,
+            images = fn.crop_mirror_normalize(images, dtype=OUTPUT_DTYPES[self.dtype], mirror=mirror,
+                                              output_layout="HWC" if self.channels_last else "CHW",
                                               mean=[255.0 * m for m in self.mean], std=[255.0 * s for s in self.std])
+            if self.gpu:  # labels cross to the device inside DALI's pipelined stages, not as a torch copy per step
+                labels = labels.gpu()
             pipe.set_outputs(images, labels)
         return pipe

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .output_format import dtype_name
 from .sharding import batches_per_epoch, epoch_indices, train_batches_per_rank
 
 PLAN_STREAM = 0xC1FA  # separates the augmentation draws from the order draws (default_rng([seed, epoch]))
@@ -76,12 +77,14 @@ class ArrayLoaderBase:
 
     Same contract as ``DaliLoader``: ``len()`` batches per epoch (train: full batches only, equal on every rank),
     ``set_epoch(epoch, start_batch)``, ``state_dict()`` / ``load_state_dict()``, iteration yields
-    ``(float32 [B, 3, H, W] normalized, int64 [B])``. Resume needs no DALI checkpoint here: the crops are planned
+    ``(normalized [B, 3, H, W] of ``dtype`` (float32 or float16; NHWC in memory with ``channels_last``), int64 [B])``.
+    Resume needs no DALI checkpoint here: the crops are planned
     per (seed, epoch, image), so ``set_epoch(epoch, start_batch)`` alone continues with the very same pixels.
     """
 
     def __init__(self, arrays: ImageArrays, *, train: bool, batch_size: int, num_shards: int = 1, shard_id: int = 0,
-                 seed: int = 0, pad: int = 4, hflip: bool = True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+                 seed: int = 0, pad: int = 4, hflip: bool = True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                 dtype: str | torch.dtype = "float32", channels_last: bool = False):
         if len(arrays) == 0:
             raise ValueError("the dataset is empty")
         if arrays.images.dtype != np.uint8 or arrays.images.ndim != 4 or arrays.images.shape[1] != 3:
@@ -99,6 +102,7 @@ class ArrayLoaderBase:
         self.arrays = arrays
         self.train, self.batch_size, self.num_shards, self.shard_id, self.seed = train, batch_size, num_shards, shard_id, seed
         self.pad, self.hflip, self.mean, self.std = pad, hflip, tuple(mean), tuple(std)
+        self.dtype, self.channels_last = dtype_name(dtype), bool(channels_last)
         self.epoch, self.start_batch = 0, 0
 
     def __len__(self) -> int:

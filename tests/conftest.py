@@ -29,3 +29,14 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def jpeg_folder_script():
+    """benchmarks/make_jpeg_folder.py as a module (benchmarks/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_jpeg_folder", REPO / "benchmarks" / "make_jpeg_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

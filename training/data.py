@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate.utils import broadcast_object_list
 
-from pipeline import (ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset, preflight,
-                      read_cifar, restrict, scan_folder, scan_tinyimagenet)
+from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset,
+                      preflight, read_cifar, restrict, scan_folder, scan_tinyimagenet)
 from pipeline.cifar import STATS as CIFAR_STATS
 
 from .config import Config
@@ -31,6 +32,20 @@ def dataset_root(cfg: Config) -> Path:
     if not root.is_dir():
         raise ValueError(f"data.root={cfg.data.root}: no such folder")
     return root
+
+
+def output_dtype(cfg: Config, device: torch.device | str) -> str:
+    """`data.output_dtype` resolved: auto is float16 when the step runs under bf16/fp16 autocast on a CUDA device
+    (half the bytes per batch; autocast casts to the compute type at the first layer), else float32."""
+    if cfg.data.output_dtype != "auto":
+        return cfg.data.output_dtype
+    half = cfg.mixed_precision in ("bf16", "fp16") and torch.device(device).type == "cuda"
+    return "float16" if half else "float32"
+
+
+def output_format(cfg: Config, accelerator) -> dict:
+    """The loaders' dtype and memory format, the same for train and val (evaluate runs under autocast too)."""
+    return {"dtype": output_dtype(cfg, accelerator.device), "channels_last": cfg.train.channels_last}
 
 
 def build_data(cfg: Config, accelerator) -> Data:
@@ -61,8 +76,11 @@ def build_data(cfg: Config, accelerator) -> Data:
         target_device=accelerator.device,
         num_threads=d.num_threads,
         hw_decoder_load=d.hw_decoder_load,
+        # full-size photos (ImageNet-style folders): size the hardware decoder's buffers for the largest up front
+        preallocate_hint=IMAGENET_LARGEST if d.dataset == "folder" else None,
         val_resize_ratio=d.val_resize_ratio,
         pad=pad,
+        **output_format(cfg, accelerator),
     )
     train = DaliLoader(train_index, train=True, batch_size=d.batch_size, crop_scale=tuple(d.crop_scale),
                        crop_ratio=tuple(d.crop_ratio), hflip=d.hflip, **common)
@@ -110,7 +128,8 @@ def build_cifar_data(cfg: Config, accelerator, root: Path) -> Data:
     train_arrays, test_arrays = read_cifar(root, d.dataset, "train"), read_cifar(root, d.dataset, "test")
     mean, std = CIFAR_STATS[d.dataset]
     common = dict(num_shards=accelerator.num_processes, shard_id=accelerator.process_index, seed=cfg.seed,
-                  pad=d.crop_padding, hflip=d.hflip, mean=mean, std=std, target_device=accelerator.device)
+                  pad=d.crop_padding, hflip=d.hflip, mean=mean, std=std, target_device=accelerator.device,
+                  **output_format(cfg, accelerator))
     if d.cifar_loader == "dali":
         loader = ArrayDaliLoader
         common.update(device=d.dali_device, num_threads=d.num_threads,

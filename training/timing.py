@@ -94,12 +94,17 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
 
 
 def synthetic_batch(cfg: Config, num_classes: int, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of N random normalized images and labels, resident on the training device."""
+    """One batch of N random normalized images and labels, resident on the training device, in the dtype and
+    memory format the loaders would hand over (so synthetic and pipeline steps run the same kernels)."""
+    from .data import output_dtype
+
     g = torch.Generator().manual_seed(seed)
     N, S = cfg.data.batch_size, cfg.data.image_size
     images = torch.randn(N, 3, S, S, generator=g)
     labels = torch.randint(0, num_classes, (N,), generator=g)
-    return images.to(device), labels.to(device)
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    images = images.to(device, dtype=getattr(torch, output_dtype(cfg, device)), memory_format=layout)
+    return images, labels.to(device)
 
 
 def endless(loader) -> Iterator:
