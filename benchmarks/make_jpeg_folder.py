@@ -1,7 +1,7 @@
 """Build an ImageNet-like JPEG folder for the pipeline benchmarks from photos a dependency ships (no download).
 
     python benchmarks/make_jpeg_folder.py --out /data/fake-imagenet [--classes 1000] [--train-per-class 4]
-        [--val-per-class 1] [--seed 0] [--size 500] [--quality 90] [--force]
+        [--val-per-class 1] [--seed 0] [--size 500] [--quality 90] [--force] [--photos DIR]
 
 Writes ``<out>/{train,val}/<class>/*.JPEG`` (class folders ``n00000000``, ``n00000001``, ... like ImageNet's
 synset ids) and ``<out>/manifest.json`` (counts, byte and pixel sizes, source photos, seed, versions).
@@ -44,8 +44,17 @@ SHARPEN = ImageFilter.UnsharpMask(radius=2, percent=300, threshold=0)
 GRAIN = 10.0  # σ of the luminance noise, in 0..255 levels
 
 
-def source_photos() -> list[tuple[str, Image.Image]]:
-    """scikit-learn's sample photos, bundled in its wheel (``load_sample_images`` reads them from disk)."""
+def source_photos(folder: Path | None = None) -> list[tuple[str, Image.Image]]:
+    """scikit-learn's sample photos, bundled in its wheel (``load_sample_images`` reads them from disk).
+
+    ``folder``: read the same photos from there instead (``benchmarks/gpu_prepare.sh`` copies them for a GPU
+    machine that has no scikit-learn); the manifest's pixel hashes show they are the same.
+    """
+    if folder is not None:
+        files = sorted(Path(folder).glob("*.jpg"))
+        if not files:
+            raise ValueError(f"--photos {folder}: no *.jpg files there")
+        return [(f.name, Image.open(f).convert("RGB")) for f in files]
     from sklearn.datasets import load_sample_images
 
     bunch = load_sample_images()
@@ -76,9 +85,9 @@ def make_image(photos: list[Image.Image], rng: np.random.Generator, size: int) -
 
 
 def build(out: Path, *, classes: int, train_per_class: int, val_per_class: int, seed: int, size: int,
-          quality: int) -> dict:
+          quality: int, photos_dir: Path | None = None) -> dict:
     """Write the folder and its manifest; return the manifest."""
-    named = source_photos()
+    named = source_photos(photos_dir)
     photos = [image for _, image in named]
     per_class = {"train": train_per_class, "val": val_per_class}
     sizes, dims = [], []
@@ -118,9 +127,12 @@ def build(out: Path, *, classes: int, train_per_class: int, val_per_class: int, 
 
 def _versions() -> dict:
     import PIL
-    import sklearn
 
-    return {"pillow": PIL.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+    try:
+        import sklearn
+    except ImportError:  # --photos: the photos came from a copy
+        sklearn = None
+    return {"pillow": PIL.__version__, "scikit-learn": sklearn and sklearn.__version__, "numpy": np.__version__}
 
 
 def prepare(out: Path, force: bool) -> None:
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=500, help="long side in pixels (ImageNet's typical 500)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (1-95)")
     parser.add_argument("--force", action="store_true", help="rebuild a folder this script made before")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="folder with the source photos (*.jpg) instead of scikit-learn's (no scikit-learn)")
     args = parser.parse_args(argv)
     for name, value, low in [("--classes", args.classes, 1), ("--train-per-class", args.train_per_class, 1),
                              ("--val-per-class", args.val_per_class, 1), ("--size", args.size, 16),
@@ -156,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--quality must be <= 95 (Pillow's advice), got {args.quality}")
     try:
         prepare(args.out, args.force)
+        source_photos(args.photos)  # a bad --photos is one line, before anything is written
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     m = build(args.out, classes=args.classes, train_per_class=args.train_per_class,
-              val_per_class=args.val_per_class, seed=args.seed, size=args.size, quality=args.quality)
+              val_per_class=args.val_per_class, seed=args.seed, size=args.size, quality=args.quality,
+              photos_dir=args.photos)
     print(f"{args.out}: {m['counts']['train']} train + {m['counts']['val']} val JPEGs, mean "
           f"{m['bytes']['mean'] / 1e3:.1f} KB (p5 {m['bytes']['p5'] / 1e3:.0f}, p95 {m['bytes']['p95'] / 1e3:.0f}), "
           f"mean {m['mean_width']:.0f}×{m['mean_height']:.0f} px")

@@ -53,7 +53,9 @@ class StaticGraph:
         if capture:
             self.warm_up(warmup, preserve)
             # A weight cast cached by autocast during the warm-up would be read, not recomputed, by every
-            # replay: start the capture with an empty cache (the bodies also turn caching off).
+            # replay (stale weights, in memory the graph does not own): capture from an empty cache. Casts
+            # cached during the capture itself are recorded in the graph, so each replay recasts the weights.
+            # (The bodies turn caching off; Accelerate's autocast around a prepared model's forward does not.)
             torch.clear_autocast_cache()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):

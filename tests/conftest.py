@@ -40,3 +40,15 @@ def jpeg_folder_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one global state (mixed precision included); a test that changes it starts and ends clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

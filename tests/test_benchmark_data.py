@@ -4,6 +4,7 @@ scikit-learn's sample photos."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +91,21 @@ def test_dali_cpu_mode_and_build_data_read_it(tiny):
         images, labels = next(iter(loader))
         assert images.shape[1:] == (3, 64, 64) and labels.dtype == torch.int64
         assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_photos_folder_gives_the_same_bytes_as_scikit_learn(tmp_path, tiny, jpeg_folder_script, capsys):
+    """--photos (a copy of scikit-learn's photos, for a machine without it) builds the very same files."""
+    from sklearn.datasets import load_sample_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in load_sample_images().filenames:
+        (photos / Path(f).name).write_bytes(Path(f).read_bytes())
+    copy = tmp_path / "copy"
+    args = ["--classes", "3", "--train-per-class", "2", "--val-per-class", "1", "--seed", "4"]
+    assert jpeg_folder_script.main(["--out", str(copy), "--photos", str(photos), *args]) == 0
+    for a in sorted((tiny / "train").rglob("*.JPEG")):
+        assert (copy / a.relative_to(tiny)).read_bytes() == a.read_bytes()
+    capsys.readouterr()
+    assert jpeg_folder_script.main(["--out", str(tmp_path / "x"), "--photos", str(tmp_path / "none"), *args]) == 2
+    assert "no *.jpg files" in capsys.readouterr().err

@@ -323,11 +323,10 @@ def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
 
 
 @cuda
-def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt):
+def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt, fresh_accelerator_state):
     """Whole DistillSteps (graphed selection + teacher graph, bf16, channels_last) against eager ones built
     from the same seed: the weights change every step, so a replay reading stale weights would drift."""
     from accelerate import Accelerator
-    from accelerate.utils import AutocastKwargs
 
     from training.trainer import build_run
 
@@ -338,7 +337,7 @@ def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt):
             "train.channels_last=true", f"train.cuda_graph={'on' if fast else 'off'}",
             f"train.teacher_mode={'graph' if fast else 'eager'}"])
         torch.manual_seed(0)
-        acc = Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+        acc = Accelerator(mixed_precision="bf16")
         return build_run(cfg, acc, C, steps_per_epoch=100)
 
     eager, fast = run(False), run(True)
@@ -381,3 +380,36 @@ def test_compiled_teacher_and_student_match_eager_steps(teacher_ckpt):
         torch.testing.assert_close(compiled.step(x, y)[0], eager.step(x, y)[0], rtol=1e-4, atol=1e-5)
     for p, q in zip(eager.student.parameters(), compiled.student.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+_ENV_WRITES: list | None = None  # set to a list while a test watches os.putenv/unsetenv (audit hooks stay)
+
+
+def _watch_env(event, args):
+    if _ENV_WRITES is not None and event in ("os.putenv", "os.unsetenv"):
+        _ENV_WRITES.append(args[0])
+
+
+def test_a_training_step_never_writes_the_environment(fresh_accelerator_state):
+    """DALI's decoder threads call getenv while the step runs; a step that rewrites os.environ (as Accelerate's
+    autocast does when given an AutocastKwargs handler) races them into a segfault. bf16: autocast is on."""
+    import sys
+
+    from training.timing import build_timed_run, load_timing_config
+    from training.trainer import make_accelerator
+
+    global _ENV_WRITES
+    cfg = load_timing_config("configs/demo.yaml", [
+        "model.teacher=test_resnet", "model.student=test_resnet", f"model.num_classes={C}", "data.batch_size=16",
+        "selection.k=12", "mixed_precision=bf16", "model.teacher_checkpoint="], "synthetic")
+    run = build_timed_run(cfg, make_accelerator(cfg), C)
+    x, y = batch(torch.Generator().manual_seed(14))
+    sys.addaudithook(_watch_env)
+    _ENV_WRITES = []
+    try:
+        for _ in range(2):
+            run.step(x, y)
+        writes = list(_ENV_WRITES)
+    finally:
+        _ENV_WRITES = None
+    assert writes == [], f"the step wrote {len(writes)} environment variables, e.g. {writes[:3]}"

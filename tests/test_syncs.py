@@ -298,18 +298,6 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
 # on a GPU: torch's own sync detector
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """Accelerate keeps one global state (mixed precision included); a test that changes it starts and ends clean."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 # Every method and both precisions that train without a GradScaler. Not here: mixed_precision=fp16, whose
 # GradScaler.step reads found_inf back to the host on every step (torch's design), and train.nonfinite=skip,
 # which reads the finite flag on purpose; both are documented.

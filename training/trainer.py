@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import AutocastKwargs, set_seed
+from accelerate.utils import set_seed
 
 from selection import build_selector
 from selection.graphed import graphed
@@ -38,11 +38,10 @@ from .step import DistillStep
 
 def make_accelerator(cfg: Config) -> Accelerator:
     # cpu=True off-GPU so that `accelerate launch --multi_gpu` also runs (over gloo) on CPU machines.
-    # Autocast's weight-cast cache off: Accelerate wraps the student's forward in autocast, and a cast cached
-    # during the warm-up of a CUDA-graph capture would be read by every replay (stale weights, freed memory).
-    # Each weight is cast once per forward anyway, so the cache saves nothing here.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+    # No AutocastKwargs handler, on purpose: with one, every `accelerator.autocast()` (three per step) runs
+    # `AutocastKwargs.to_kwargs()`, which empties and refills os.environ, racing DALI's decoder threads that
+    # call getenv (a segfault, seen in tests). The CUDA-graph captures clear the autocast cache instead.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
 
 
 class MetricsLog:
