@@ -413,3 +413,39 @@ def test_a_training_step_never_writes_the_environment(fresh_accelerator_state):
     finally:
         _ENV_WRITES = None
     assert writes == [], f"the step wrote {len(writes)} environment variables, e.g. {writes[:3]}"
+
+
+@pytest.mark.slow
+def test_training_with_the_twins_is_bitwise_the_training_without(tmp_path, digits_root, teacher_ckpt, monkeypatch):
+    """train() end to end with the graphed selection and teacher graph as their CPU twins (static buffers,
+    outputs overwritten every step) logs exactly the eager run's losses and ends on the same weights: the
+    trainer, the analytics and the loss consume each Selection within its step."""
+    from safetensors.torch import load_file
+
+    import training.trainer as trainer
+    from test_train_e2e import read_rows, small_config
+
+    made = []  # the selectors the twin run built, to check the twin was what ran
+
+    def spy(selector, **kwargs):
+        made.append(graphed(selector, **kwargs))
+        return made[-1]
+
+    def run(name: str, twins: bool):
+        if twins:
+            monkeypatch.setattr(trainer, "selection_graph_mode", lambda cfg, device: "static")
+            monkeypatch.setattr(trainer, "teacher_mode", lambda cfg, device, features: "static")
+            monkeypatch.setattr(trainer, "graphed", spy)
+        cfg = small_config(tmp_path / name, digits_root, teacher_ckpt, "selection.method=unix", "train.max_steps=6",
+                           "train.log_every=1", "train.channels_last=true")
+        summary = trainer.train(cfg)
+        monkeypatch.undo()
+        return summary, read_rows(cfg.out_dir), load_file(str(tmp_path / name / "run" / "final" / "model.safetensors"))
+
+    (s_eager, rows_eager, w_eager), (s_twin, rows_twin, w_twin) = run("eager", False), run("twin", True)
+    losses = [r["loss"] for r in rows_eager if "loss" in r]
+    assert len(losses) == 6 and losses == [r["loss"] for r in rows_twin if "loss" in r]
+    assert s_twin["top1"] == s_eager["top1"] and s_twin["cost_fraction"] == s_eager["cost_fraction"]
+    assert all(torch.equal(w_eager[k], w_twin[k]) for k in w_eager)
+    assert len(made) == 1 and isinstance(made[0], GraphedUnixSelector) and made[0].mode == "static"
+    assert made[0]._graph is not None and made[0].fallbacks == 0
