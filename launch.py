@@ -6,7 +6,8 @@
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
     python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
-    python launch.py profile --config configs/demo.yaml --selector unix --out runs/profile [key=value ...]
+                             [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
+    python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager] --out runs/profile
     python launch.py report  runs/demo      (PNGs of a finished run: sampling heatmap, selected vs accuracy, curves)
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 
@@ -186,9 +187,15 @@ def add_measure_commands(sub) -> None:
             p.add_argument("--selectors", default="kd,random,unix", help="comma-separated selector names")
             p.add_argument("--data", default="synthetic", help="synthetic | pipeline | both")
             p.add_argument("--peer", help="timm: add timm's LogitDistillationTask on an ImageFolder DataLoader")
+            p.add_argument("--fast-path", default="fused",
+                           help="fused (the run as it resolves: CUDA graphs on a GPU) | eager | both, side by side")
+            p.add_argument("--teacher-modes", default="auto",
+                           help="teacher-forward micro-benchmark: auto (eager,graph,compile on CUDA; eager on CPU), "
+                                "none, or a list of eager,graph,compile")
             p.add_argument("--json", dest="json_path", help="write the result (every raw time) to this file")
         else:
             p.add_argument("--selector", help="selector to profile (default: the config's selection.method)")
+            p.add_argument("--fast-path", default="fused", help="fused (the run as it resolves) | eager")
             p.add_argument("--out", required=True, help="folder for profile.json and profile.png")
 
 
@@ -209,7 +216,7 @@ def cmd_bench(args) -> int:
     cfg = load_timing_config(args.config, args.overrides, args.data)
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
     result = bench(cfg, selectors=selectors, steps=args.steps, warmup=args.warmup, data=args.data, peer=args.peer,
-                   note=args.note)
+                   fast_path=args.fast_path, teacher_modes=args.teacher_modes, note=args.note)
     result["cli_args"] = vars(args)
     print(format_table(result))
     if args.json_path:
@@ -226,7 +233,7 @@ def cmd_profile(args) -> int:
 
     cfg = load_timing_config(args.config, args.overrides, "pipeline")
     result = profile(cfg, selector=args.selector, steps=args.steps, warmup=args.warmup, out_dir=args.out,
-                     note=args.note)
+                     fast_path=args.fast_path, note=args.note)
     print(format_table(result))
     print(f"wrote {args.out}/profile.json, {args.out}/profile.png")
     return 0

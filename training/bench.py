@@ -11,6 +11,20 @@ equally; medians ignore the odd stall.
   next batch plus the step, wall-clock with a device sync after each. The loader alone is timed after.
 * peer "timm": the obvious alternative in the same run: timm's own `timm.task.LogitDistillationTask` on the
   same teacher/student pair (KD on all N), fed by a torchvision ImageFolder DataLoader, timed the same way.
+* fast path (--fast-path): `fused` times each selector as the run resolves it (on CUDA: UNIX's selection
+  replayed from its CUDA graph, the teacher's forward from CUDA graphs); `eager` the same step with the
+  plain selector and the teacher and student modules called directly (rows named "unix/eager"); `both`
+  times the two side by side in the same rounds. Where the run resolves to eager anyway (a CPU), there is
+  nothing fused to time: one line says so and the eager runners are timed once.
+
+Then, on the resident batch, the micro-benchmarks of training/bench_micro.py (the selection against a bare
+student forward, the teacher forward in each mode), and the issue-7 targets computed from all of it
+(training/targets.py).
+
+Runners never share what the fast path keeps in static buffers: each has its own selector (a graphed one
+captures its own graph, whose outputs the next replay overwrites) and its own graphed teacher forward (one
+graph per input shape, at most two: shared by runners of several shapes or dtypes, the surplus would run
+eagerly without a word). Each row records how its parts ran and how many calls fell back to eager.
 """
 
 from __future__ import annotations
@@ -24,14 +38,20 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from selection import GraphedUnixSelector
+
+from .bench_micro import format_micro, selection_micro, teacher_micro, teacher_modes_for
 from .config import Config, ConfigError, to_dict
 from .cost import CostLedger
-from .step import StepCounts
-from .timing import (Clock, EventClock, build_timed_run, endless, environment, median, synthetic_batch,
-                     teacher_weights, timing_data)
+from .fastpath import TeacherForward, eager_step, step_modes
+from .step import DistillStep, StepCounts
+from .targets import format_targets, targets
+from .timing import (Clock, EventClock, build_timed_run, endless, environment, median, mfu, peak_flops,
+                     synthetic_batch, teacher_weights, timing_data)
 from .trainer import make_accelerator, make_selector
 
 PEERS = ("timm",)
+FAST_PATHS = ("fused", "eager", "both")
 
 
 @dataclass
@@ -43,12 +63,16 @@ class Runner:
     step: Callable[[Tensor, Tensor], StepCounts]
     ledger: CostLedger
     batches: Iterator | None = None  # pipeline mode: where its batches come from
+    distill: DistillStep | None = None  # this project's runners: the step (its selector and teacher call)
+    selector: str | None = None  # kd | random | unix ...; None for the peer
+    fast_path: str | None = None  # fused (as the run resolves it) | eager; None for the peer
     step_ms: list[float] = field(default_factory=list)
     data_wait_ms: list[float] = field(default_factory=list)
 
 
 def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3, data: str = "synthetic",
-          peer: str | None = None, note: str = "", accelerator=None) -> dict:
+          peer: str | None = None, fast_path: str = "fused", teacher_modes: str = "auto", note: str = "",
+          accelerator=None) -> dict:
     """Time `selectors` (and the peer) on `cfg`'s pair; returns the result record (see benchmarks/README.md)."""
     from selection import SELECTORS
 
@@ -59,12 +83,15 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
         raise ConfigError("bench times distillation steps; selection.method=none trains without a teacher")
     if peer is not None and peer not in PEERS:
         raise ConfigError(f"--peer {peer}: must be one of {', '.join(PEERS)}")
+    if fast_path not in FAST_PATHS:
+        raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     accelerator = accelerator or make_accelerator(cfg)
     if accelerator.num_processes > 1:
         raise ValueError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
     device, N = accelerator.device, cfg.data.batch_size
+    t_modes = teacher_modes_for(teacher_modes, device)  # checked before anything is built
     modes = ["synthetic", "pipeline"] if data == "both" else [data]
     if peer is not None and "pipeline" in modes and cfg.data.dataset.startswith("cifar"):
         raise ConfigError(f"--peer {peer} with --data {data} reads an image folder (ImageFolder); "
@@ -74,53 +101,136 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     run = build_timed_run(cfg, accelerator, num_classes)
     costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
 
-    steps_by_name = {}
-    for name in selectors:
-        step = copy.copy(run.step)  # the same models, optimizer and phases; its own selector
-        step.selector = make_selector(cfg, accelerator, name, run.ledger)  # budget mode included
-        steps_by_name[name] = lambda x, y, step=step: step(x, y)[1]
-    peer_step = None
-    if peer == "timm":
-        peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator)
-        steps_by_name[peer_step.name] = peer_step
+    peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator) if peer == "timm" else None
     ours = peer_batches = None  # pipeline mode: this project's loader (DALI), and the peer's
     if "pipeline" in modes:
         ours = endless(loaders.train)
         peer_batches = peer_step.batches() if peer_step is not None else None
-    runners = [Runner(mode, name, fn, CostLedger(**costs),
-                      batches=None if mode == "synthetic" else peer_batches if fn is peer_step else ours)
-               for mode in modes for name, fn in steps_by_name.items()]
+    fused = {name: make_selector(cfg, accelerator, name, run.ledger) for name in selectors}  # budget mode too
+    runners, path = build_runners(run, fused, modes, fast_path, peer_step, ours, peer_batches, device)
+    if path["note"]:
+        print(path["note"])
 
-    images = labels = None
-    if "synthetic" in modes:
-        images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)
+    images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)  # the micro-benchmarks use it too
     _time_interleaved(runners, images, labels, steps, warmup, device)
     data_alone = []
-    if ours is not None:
+    if ours is not None:  # each loader from a fresh epoch: no epoch restart inside the timed batches if it fits
+        ours.close()
         name = f"{type(loaders.train).__name__} (this project's loader)"
-        data_alone.append(_time_loader(name, ours, steps, warmup, N, device))
+        data_alone.append({**_time_loader(name, endless(loaders.train), steps, warmup, N, device), "ours": True,
+                           "batches_per_epoch": len(loaders.train)})
     if peer_batches is not None:
-        data_alone.append(_time_loader(peer_step.loader_name, peer_batches, steps, warmup, N, device))
+        peer_batches.close()  # its DataLoader workers end with it
+        data_alone.append({**_time_loader(peer_step.loader_name, peer_step.batches(), steps, warmup, N, device),
+                           "ours": False, "batches_per_epoch": peer_step.batches_per_epoch})
 
-    return {
+    peak = peak_flops(device, cfg.mixed_precision)
+    p2 = None
+    if "unix" in fused:  # P2: UNIX's selection against the forward it needs anyway
+        p2 = selection_micro(accelerator, run.step.scorer, images, labels, fused["unix"], run.ledger, peak,
+                             steps=steps, warmup=warmup)
+    teacher = None
+    if t_modes:  # "CUDA graph or torch.compile: measure which wins", on the rows the teacher sees
+        teacher = teacher_micro(accelerator, run.teacher, images, _teacher_rows(cfg, fused, N), t_modes,
+                                run.ledger, peak, steps=steps, warmup=warmup)
+    result = {
         "kind": "unixkd bench",
         "environment": environment(device),
         "note": note,
-        "args": {"selectors": selectors, "steps": steps, "warmup": warmup, "data": data, "peer": peer},
-        "timing": ("interleaved over selectors and modes, warm-up rounds first. synthetic: " +
+        "args": {"selectors": selectors, "steps": steps, "warmup": warmup, "data": data, "peer": peer,
+                 "fast_path": fast_path, "teacher_modes": teacher_modes},
+        "timing": ("interleaved over runners and modes, warm-up rounds first. synthetic: " +
                    ("CUDA events around each step, one sync at the end; " if device.type == "cuda" else
                     "time.perf_counter around each step; ") +
                    "pipeline: perf_counter around data wait + step, device synced after each step; "
-                   "img/s = N / median step time. data alone: after the steps, batches back to back, "
-                   "img/s = N x batches / total time"),
+                   "img/s = N / median step time. data alone: after the steps, each loader from a fresh epoch, "
+                   "batches back to back, img/s = N x batches / total time. micro-benchmarks (p2, teacher_forward): "
+                   "after that, on the synthetic batch, interleaved the same way. MFU = FLOPs (measured "
+                   "convention) / median time / peak"),
         "teacher_weights": teacher_weights(cfg),
         "num_classes": num_classes,
         "flops_per_image": costs,
+        "fast_path": path,
+        "peak": peak,
         "peer": peer_step.description if peer_step is not None else None,
-        "rows": _rows(runners, N, steps),
+        "rows": _rows(runners, N, steps, peak),
         "data_alone": data_alone,
+        "p2": p2,
+        "teacher_forward": teacher,
         "config": to_dict(cfg),
     }
+    result["targets"] = targets(result)
+    return result
+
+
+def _teacher_rows(cfg: Config, fused: dict, N: int) -> int:
+    """The rows the teacher sees per step: UNIX's (or Random's) k as built (budget mode included), else the
+    config's selection.k."""
+    from selection import resolve_k
+
+    for name in ("unix", "random"):
+        if name in fused:
+            return resolve_k(fused[name].k, N)
+    return resolve_k(cfg.selection.k, N)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the runners: as the run resolves it (fused) and eager
+
+
+def build_runners(run, fused: dict, modes: list[str], fast_path: str, peer_step=None, ours: Iterator | None = None,
+                  peer_batches: Iterator | None = None, device=None) -> tuple[list[Runner], dict]:
+    """One runner per data mode × path × selector (+ the peer per mode), and what the fast path resolved to.
+
+    `fused`: each selector as `make_selector` builds it for the run (graphed where the run graphs it). A
+    runner gets its own deep copy of it and, on the fused path, its own graphed teacher forward.
+    """
+    resolved = step_modes(run.step)
+    graphed = [s.mode for s in fused.values() if isinstance(s, GraphedUnixSelector)]
+    resolved["selection"] = graphed[0] if graphed else "eager"
+    differs = resolved != {"selection": "eager", "teacher": "eager", "student": "eager"}
+    note = None
+    if differs:
+        groups = {"fused": [("fused", "")], "eager": [("eager", "/eager")],
+                  "both": [("fused", ""), ("eager", "/eager")]}[fast_path]
+    else:  # the run as configured is the eager path: one set of runners, named as asked
+        groups = [("eager", "" if fast_path == "fused" else "/eager")]
+        where = device.type if device is not None else "this device"
+        if fast_path != "eager":
+            note = (f"fast path: on {where} this run resolves to eager (selection, teacher and student all eager): "
+                    + ("timing the eager runners only" if fast_path == "both" else "its rows are eager"))
+    costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
+
+    def make_step(name: str, group: str) -> DistillStep:
+        step = copy.copy(run.step)  # the same models, optimizer and phases
+        step.selector = copy.deepcopy(fused[name])  # its own: a graphed selector's buffers are per instance
+        if group == "eager":
+            return eager_step(step)
+        step.teacher_call = _own_teacher_call(run.step.teacher_call)
+        return step
+
+    runners = []
+    for mode in modes:
+        batches = None if mode == "synthetic" else ours
+        for group, suffix in groups:
+            for name in fused:
+                step = make_step(name, group)
+                runners.append(Runner(mode, name + suffix, lambda x, y, step=step: step(x, y)[1], CostLedger(**costs),
+                                      batches=batches, distill=step, selector=name, fast_path=group))
+        if peer_step is not None:
+            runners.append(Runner(mode, peer_step.name, peer_step, CostLedger(**costs),
+                                  batches=None if mode == "synthetic" else peer_batches))
+    path = {"requested": fast_path, "resolved": resolved, "fused_differs_from_eager": differs,
+            "timed": [group for group, _ in groups], "note": note}
+    return runners, path
+
+
+def _own_teacher_call(call):
+    """The teacher call for one fused runner: a graphed/static TeacherForward of its own (see the module
+    docstring); a compiled or eager call has no static buffers and is shared as it is (and compiled once)."""
+    if isinstance(call, TeacherForward) and call.mode in ("graph", "static"):
+        return TeacherForward(call.teacher, call.mode, max_graphs=call.max_graphs, warmup=call.warmup)
+    return call
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -162,7 +272,10 @@ def _time_interleaved(runners: list[Runner], images: Tensor, labels: Tensor, ste
 
 
 def _time_loader(name: str, batches: Iterator, steps: int, warmup: int, N: int, device) -> dict:
-    """The loader alone, `steps` batches back to back after `warmup` (its prefetch queue drains in the first)."""
+    """The loader alone, `steps` batches back to back after `warmup` (its start-up and prefetch queue are
+    absorbed by those). Started at an epoch's beginning, the timed batches see no epoch restart (a new DALI
+    pipeline, new DataLoader iteration) as long as warmup + steps <= batches per epoch: a small benchmark folder
+    would otherwise charge the loader a start-up that a real epoch of thousands of batches amortizes."""
     clock = Clock(device)
     for _ in range(warmup):
         next(batches)
@@ -175,24 +288,47 @@ def _time_loader(name: str, batches: Iterator, steps: int, warmup: int, N: int, 
     return {"loader": name, "img_per_s": steps * N / total, "median_batch_ms": median(times), "batch_ms": times}
 
 
-def _rows(runners: list[Runner], N: int, steps: int) -> list[dict]:
-    kd = {r.mode: median(r.step_ms) for r in runners if r.name == "kd"}  # step ratios within a mode
+def _rows(runners: list[Runner], N: int, steps: int, peak: dict) -> list[dict]:
+    # step ratios within a mode and a path: fused UNIX against fused KD, eager against eager; the peer
+    # against the first path timed (the run as it resolves, when that was timed)
+    kd = {(r.mode, r.fast_path): median(r.step_ms) for r in runners if r.selector == "kd"}
+    first_path = next((r.fast_path for r in runners if r.fast_path), None)
     rows = []
     for r in runners:
         med = median(r.step_ms)
+        base = kd.get((r.mode, r.fast_path or first_path))
+        flops = r.ledger.flops("measured") / steps  # what one step computed, the counted backward included
         rows.append({
-            "mode": r.mode, "runner": r.name, "N": N,
+            "mode": r.mode, "runner": r.name, "selector": r.selector, "fast_path": r.fast_path,
+            "modes": step_modes(r.distill) if r.distill is not None else None,
+            "eager_fallbacks": _fallbacks(r.distill),
+            "N": N,
             "teacher_images_per_step": r.ledger.teacher_images / steps,
             "img_per_s": N / (med / 1e3),
             "median_step_ms": med,
-            "step_ratio_kd": med / kd[r.mode] if r.mode in kd else None,
+            "step_ratio_kd": med / base if base else None,
             "flop_ratio_paper": r.ledger.cost_fraction("paper"),
             "flop_ratio_measured": r.ledger.cost_fraction("measured"),
+            "flops_per_step": flops,
+            "achieved_tflops": flops / (med / 1e3) / 1e12,
+            "mfu": mfu(flops, med, peak),
             "median_data_wait_ms": median(r.data_wait_ms),
             "step_ms": r.step_ms,
             "data_wait_ms": r.data_wait_ms,
         })
     return rows
+
+
+def _fallbacks(step: DistillStep | None) -> dict | None:
+    """Calls of a fused runner that took the eager path after all (another shape); None where nothing is graphed.
+    Anything but 0 means its row timed a mix of fused and eager."""
+    if step is None:
+        return None
+    selector, teacher = step.selector, step.teacher_call
+    graphed_teacher = isinstance(teacher, TeacherForward) and teacher.mode in ("graph", "static")
+    out = {"selection": selector.fallbacks if isinstance(selector, GraphedUnixSelector) else None,
+           "teacher": teacher.eager_calls if graphed_teacher else None}
+    return out if any(v is not None for v in out.values()) else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -229,6 +365,7 @@ class TimmPeer:
         self.task.train()
         self.optimizer = build_optimizer(student, cfg.optim)
         self.workers = os.cpu_count() or 1
+        self.batches_per_epoch: int | None = None  # known once batches() made its DataLoader
         import timm
 
         self.loader_name = (f"torchvision ImageFolder + DataLoader (workers={self.workers}, "
@@ -249,9 +386,11 @@ class TimmPeer:
         return StepCounts(batch=N, teacher=N, student_fwd=N, student_bwd=N)
 
     def batches(self) -> Iterator:
-        """Endless (images, labels) on the device from the ImageFolder DataLoader."""
+        """Endless (images, labels) on the device from a new ImageFolder DataLoader."""
         cuda = self.device.type == "cuda"
-        for images, labels in endless(self._make_loader()):
+        loader = self._make_loader()
+        self.batches_per_epoch = len(loader)
+        for images, labels in endless(loader):
             yield images.to(self.device, non_blocking=cuda), labels.to(self.device, non_blocking=cuda)
 
     def _make_loader(self):
@@ -275,23 +414,40 @@ class TimmPeer:
 
 
 def format_table(result: dict) -> str:
-    head = (f"{'mode':<10} {'runner':<13} {'img/s':>8} {'step ms':>8} {'step/KD':>7} {'FLOP/KD':>7} "
-            f"{'FLOP/KD':>8} {'teacher':>7} {'data wait':>9}")
-    sub = f"{'':<10} {'':<13} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} {'img/step':>7} {'ms':>9}"
+    w = max(13, *(len(r["runner"]) for r in result["rows"]))
+    head = (f"{'mode':<10} {'runner':<{w}} {'sel/teacher':<13} {'img/s':>8} {'step ms':>8} {'step/KD':>7} "
+            f"{'FLOP/KD':>7} {'FLOP/KD':>8} {'teacher':>7} {'data wait':>9} {'MFU':>6}")
+    sub = (f"{'':<10} {'':<{w}} {'':<13} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} "
+           f"{'img/step':>7} {'ms':>9} {'':>6}")
     lines = [head, sub, "-" * len(head)]
 
-    def f(v, fmt):
-        return "-" if v is None else format(v, fmt)
+    def f(v, fmt):  # "-" where there is no value, right-aligned in the column's width
+        return ("-" if v is None else format(v, fmt)).rjust(int(fmt.split(".")[0]))
 
     for r in result["rows"]:
-        lines.append(f"{r['mode']:<10} {r['runner']:<13} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
+        path = "-" if r["modes"] is None else f"{r['modes']['selection']}/{r['modes']['teacher']}"
+        lines.append(f"{r['mode']:<10} {r['runner']:<{w}} {path:<13} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
                      f"{f(r['step_ratio_kd'], '7.3f')} {r['flop_ratio_paper']:7.3f} {r['flop_ratio_measured']:8.3f} "
-                     f"{r['teacher_images_per_step']:7.0f} {f(r['median_data_wait_ms'], '9.2f')}")
+                     f"{r['teacher_images_per_step']:7.0f} {f(r['median_data_wait_ms'], '9.2f')} "
+                     f"{f(r['mfu'], '6.1%')}")
+    args = result["args"]
     for d in result["data_alone"]:
-        lines.append(f"{'pipeline':<10} data alone: {d['img_per_s']:8.0f} img/s  {d['loader']}")
+        per_epoch = d.get("batches_per_epoch")
+        restarts = (f" (epoch restarts inside the timing: {per_epoch} batches per epoch)"
+                    if per_epoch and args["warmup"] + args["steps"] > per_epoch else "")
+        lines.append(f"{'pipeline':<10} data alone: {d['img_per_s']:8.0f} img/s  {d['loader']}{restarts}")
+    lines += format_micro(result)
+    fallbacks = [f"{r['mode']} {r['runner']}: {v}" for r in result["rows"] for v in [r["eager_fallbacks"]]
+                 if v and any(v.values())]
+    if fallbacks:
+        lines.append("WARNING: fused runners that ran some calls eagerly: " + "; ".join(fallbacks))
     env = result["environment"]
     lines.append(f"{env['device']} | torch {env['versions']['torch']} | commit {env['git_commit']} | "
-                 f"teacher weights: {result['teacher_weights']}")
+                 f"teacher weights: {result['teacher_weights']} | MFU peak: {result['peak']['basis']}")
+    student = {r["modes"]["student"] for r in result["rows"] if r["modes"]}
+    if student - {"eager"}:
+        lines.append("student: compiled (train.compile_student) on the fused rows")
     if result["peer"]:
         lines.append(f"timm-kd = {result['peer']}")
+    lines += format_targets(result["targets"])
     return "\n".join(lines)

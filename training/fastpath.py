@@ -13,12 +13,14 @@ Everything here has an eager twin that gives the same numbers; CPU runs use it u
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from selection.graphed import StaticGraph
+from selection import UnixSelector
+from selection.graphed import GraphedUnixSelector, StaticGraph
 
 from .config import Config, ConfigError
 
@@ -120,3 +122,37 @@ class TeacherForward:
 
         return StaticGraph(body, [x], device=device, capture=self.mode == "graph", warmup=self.warmup,
                            preserve=list(self.teacher.buffers()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the eager twins, for measuring: bench times both paths, profile counts FLOPs on the eager one
+
+
+def eager_selector(selector):
+    """The eager reference of a graphed selector: plain UNIX with the same options, drawing from the same
+    Generator (so the draws continue one stream). Any other selector is its own eager form."""
+    if isinstance(selector, GraphedUnixSelector):
+        twin = UnixSelector(selector.k, selector.alpha, selector.w, selector.b, selector.criterion,
+                            selector.score_mode)
+        twin.rng = selector.rng
+        return twin
+    return selector
+
+
+def eager_step(step):
+    """A shallow copy of a DistillStep on the eager path: eager selector, the teacher and student modules
+    called directly (no graph, no compile). Same models, optimizer and phases."""
+    twin = copy.copy(step)
+    twin.selector = eager_selector(step.selector)
+    twin.teacher_call = step.teacher
+    twin.student_call = step.student
+    return twin
+
+
+def step_modes(step) -> dict[str, str]:
+    """How each part of `step` runs: selection graph|static|eager, teacher graph|static|compile|eager,
+    student compile|eager. What a result records beside its times, so no number is mislabelled."""
+    selector, teacher = step.selector, step.teacher_call
+    return {"selection": selector.mode if isinstance(selector, GraphedUnixSelector) else "eager",
+            "teacher": teacher.mode if isinstance(teacher, TeacherForward) else "eager",
+            "student": "eager" if step.student_call is step.student else "compile"}

@@ -9,7 +9,14 @@ Two walks over the same phases: one step under FlopCounterMode (with the grouped
 reads each phase's FLOPs; then the timed steps read the clock, with a device sync at every phase boundary
 (so a profiled step is a little slower than a benchmarked one: compare shares, not totals, with `bench`).
 FlopCounterMode counts convolutions and matrix products; elementwise work (mixing, softmax, BatchNorm,
-the SGD update) counts 0, so those phases show time and no FLOPs.
+the SGD update) counts 0, so those phases show time and no FLOPs. MFU per phase: its FLOPs over its median
+time over the device's peak (training/timing.py PEAK_FLOPS; none on a CPU).
+
+The fast path (--fast-path fused, the default: the run as it resolves; eager: plain selector, teacher and
+student modules called directly). The FLOP walk is always the eager twin of the step: a CUDA graph's capture
+runs its body in warm-up calls first (FlopCounterMode would count them), and its replays are invisible to
+the counter. A graphed selection is one replay, where forward hooks do not fire: it is reported as one phase,
+"selection (fused)" (scoring forward + sort + mix, time and FLOPs summed), instead of the split.
 """
 
 from __future__ import annotations
@@ -19,16 +26,22 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from selection import GraphedUnixSelector
+
 from .config import Config, ConfigError, to_dict
 from .cost import flop_counter
-from .timing import Clock, build_timed_run, endless, environment, median, teacher_weights
+from .fastpath import eager_step, step_modes
+from .timing import Clock, build_timed_run, endless, environment, median, mfu, peak_flops, teacher_weights
 from .trainer import make_accelerator
 
 PHASES = ("data_wait", "scoring_forward", "sort_mix", "teacher_forward", "student_forward", "student_backward",
           "optimizer")
+PHASES_FUSED = ("data_wait", "selection_fused", "teacher_forward", "student_forward", "student_backward",
+                "optimizer")  # a graphed selection: scoring forward + sort + mix in one replay
 LABELS = {"data_wait": "data wait", "scoring_forward": "scoring fwd", "sort_mix": "sort + mix",
-          "teacher_forward": "teacher fwd", "student_forward": "student fwd", "student_backward": "student bwd",
-          "optimizer": "optimizer"}
+          "selection_fused": "selection (fused)", "teacher_forward": "teacher fwd", "student_forward": "student fwd",
+          "student_backward": "student bwd", "optimizer": "optimizer"}
+FAST_PATHS = ("fused", "eager")
 
 
 class ForwardMarks:
@@ -89,14 +102,22 @@ def walk_step(step, batches, read: Callable[[], float], marks: ForwardMarks) -> 
             "optimizer": r6 - r5}
 
 
+def fold_fused(phases: dict[str, float]) -> dict[str, float]:
+    """The split of `select` summed into one "selection_fused" phase (PHASES_FUSED order)."""
+    merged = {**phases, "selection_fused": phases["scoring_forward"] + phases["sort_mix"]}
+    return {p: merged[p] for p in PHASES_FUSED}
+
+
 def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup: int = 3, out_dir: str,
-            note: str = "", accelerator=None) -> dict:
+            fast_path: str = "fused", note: str = "", accelerator=None) -> dict:
     """Profile `selector` (default: the config's) on `cfg`; writes out_dir/profile.json and profile.png."""
     from selection import SELECTORS
 
     method = selector or cfg.selection.method
     if method not in SELECTORS:
         raise ConfigError(f"--selector {method}: not one of {', '.join(SELECTORS)}")
+    if fast_path not in FAST_PATHS:
+        raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     cfg = copy.deepcopy(cfg)
@@ -112,32 +133,41 @@ def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup
 
     data = build_data(cfg, accelerator)
     run = build_timed_run(cfg, accelerator, cfg.model.num_classes or len(data.classes))
-    step = run.step
+    step = run.step if fast_path == "fused" else eager_step(run.step)
+    fused = isinstance(step.selector, GraphedUnixSelector)
+    phases_used = PHASES_FUSED if fused else PHASES
     batches = endless(data.train)
-    models = [step.scorer] + ([run.teacher] if run.teacher is not None else [])
 
-    # FLOPs: one counted step
+    # FLOPs: one counted step on the eager twin (same models, options and generator): a capture under the
+    # counter would add its warm-up calls, and replays are invisible to it
+    counted = eager_step(step)
     counter = flop_counter()
-    marks = ForwardMarks(models, lambda: float(counter.get_total_flops()))
+    marks = ForwardMarks(_scoring_models(counted, run), lambda: float(counter.get_total_flops()))
     with counter:
-        flops = walk_step(step, batches, marks.read, marks)
+        flops = walk_step(counted, batches, marks.read, marks)
     marks.remove()
+    if fused:
+        flops = fold_fused(flops)
 
-    # time: warm-up, then the timed steps
+    # time: warm-up (captures happen here), then the timed steps. No hooks on a graphed selection: they would
+    # not fire on a replay, and the clock's device sync inside a capture would break it
     clock = Clock(device)
-    marks = ForwardMarks(models, clock.now)
-    ms: dict[str, list[float]] = {p: [] for p in PHASES}
+    marks = ForwardMarks([] if fused else _scoring_models(step, run), clock.now)
+    ms: dict[str, list[float]] = {p: [] for p in phases_used}
     for i in range(warmup + steps):
         seconds = walk_step(step, batches, clock.now, marks)
+        if fused:
+            seconds = fold_fused(seconds)
         if i >= warmup:
-            for p in PHASES:
+            for p in phases_used:
                 ms[p].append(seconds[p] * 1e3)
     marks.remove()
 
-    medians = {p: median(ms[p]) for p in PHASES}
+    medians = {p: median(ms[p]) for p in phases_used}
     time_total, flop_total = sum(medians.values()), sum(flops.values())
+    peak = peak_flops(device, cfg.mixed_precision)
     phases = {}
-    for p in PHASES:
+    for p in phases_used:
         f = flops[p]
         phases[p] = {
             "median_ms": medians[p],
@@ -145,31 +175,41 @@ def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup
             "flops": f,
             "flop_share": f / flop_total if flop_total > 0 else None,
             "achieved_tflops": f / (medians[p] / 1e3) / 1e12 if f > 0 and medians[p] > 0 else None,
+            "mfu": mfu(f, medians[p], peak),
             "ms": ms[p],
         }
-    step_ms = [sum(ms[p][i] for p in PHASES) for i in range(steps)]
+    step_ms = [sum(ms[p][i] for p in phases_used) for i in range(steps)]
     result = {
         "kind": "unixkd profile",
         "environment": environment(device),
         "note": note,
         "selector": method,
-        "args": {"steps": steps, "warmup": warmup},
+        "args": {"steps": steps, "warmup": warmup, "fast_path": fast_path},
+        "fast_path": {"requested": fast_path, "modes": step_modes(step), "selection_phases": "fused" if fused
+                      else "split"},
         "teacher": cfg.model.teacher, "student": cfg.model.student,
         "N": cfg.data.batch_size, "image_size": cfg.data.image_size, "mixed_precision": cfg.mixed_precision,
         "teacher_weights": teacher_weights(cfg),
         "flops_per_image": {"Ft": run.ledger.Ft, "Fs": run.ledger.Fs, "Bs": run.ledger.Bs},
         "timing": "perf_counter at every phase boundary, device synced at each; time_share = phase median / "
                   "sum of phase medians",
-        "flop_counting": "one step under torch FlopCounterMode (grouped-conv backward fixed); convolutions and "
-                         "matrix products only, a multiply-add = 2",
+        "flop_counting": "one step of the eager twin under torch FlopCounterMode (grouped-conv backward fixed); "
+                         "convolutions and matrix products only, a multiply-add = 2",
         "median_step_ms": median(step_ms),
         "step_flops": flop_total,
+        "peak": peak,
+        "mfu": mfu(flop_total, median(step_ms), peak),
         "phases": phases,
         "config": to_dict(cfg),
     }
     (out / "profile.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "profile.png")
     return result
+
+
+def _scoring_models(step, run) -> list:
+    """The models a selection may call (the student's scoring forward; the teacher for pick), for the hooks."""
+    return [step.scorer] + ([run.teacher] if run.teacher is not None else [])
 
 
 def plot(result: dict, path: Path) -> None:
@@ -195,9 +235,10 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("% of one training step")
     env = result["environment"]
     precision = "fp32" if result["mixed_precision"] == "no" else result["mixed_precision"]
-    ax.set_title(f"{result['teacher']} -> {result['student']}, {result['selector']}, N={result['N']}, "
-                 f"{result['image_size']} px, {precision}; step {result['median_step_ms']:.1f} ms "
-                 f"(median)\n{env['device']}", fontsize=9)
+    modes = result["fast_path"]["modes"]
+    ax.set_title(f"{result['teacher']} -> {result['student']}, {result['selector']} (selection {modes['selection']}, "
+                 f"teacher {modes['teacher']}), N={result['N']}, {result['image_size']} px, {precision}; "
+                 f"step {result['median_step_ms']:.1f} ms (median)\n{env['device']}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -205,12 +246,16 @@ def plot(result: dict, path: Path) -> None:
 
 
 def format_table(result: dict) -> str:
-    head = f"{'phase':<17} {'median ms':>9} {'time %':>7} {'GFLOPs':>9} {'FLOP %':>7} {'TFLOP/s':>8}"
+    head = f"{'phase':<17} {'median ms':>9} {'time %':>7} {'GFLOPs':>9} {'FLOP %':>7} {'TFLOP/s':>8} {'MFU':>6}"
     lines = [head, "-" * len(head)]
     for p, v in result["phases"].items():
         tf = "-" if v["achieved_tflops"] is None else f"{v['achieved_tflops']:.4f}"
+        util = "-" if v["mfu"] is None else f"{v['mfu']:.1%}"
         lines.append(f"{LABELS.get(p, p):<17} {v['median_ms']:9.2f} {100 * (v['time_share'] or 0):7.1f} "
-                     f"{v['flops'] / 1e9:9.3f} {100 * (v['flop_share'] or 0):7.1f} {tf:>8}")
+                     f"{v['flops'] / 1e9:9.3f} {100 * (v['flop_share'] or 0):7.1f} {tf:>8} {util:>6}")
+    modes = result["fast_path"]["modes"]
     lines.append(f"step (median of per-step sums) {result['median_step_ms']:.2f} ms, "
-                 f"{result['step_flops'] / 1e9:.3f} GFLOPs; {result['environment']['device']}")
+                 f"{result['step_flops'] / 1e9:.3f} GFLOPs; selection {modes['selection']}, "
+                 f"teacher {modes['teacher']}, student {modes['student']}; {result['environment']['device']}; "
+                 f"MFU peak: {result['peak']['basis']}")
     return "\n".join(lines)

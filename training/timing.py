@@ -160,6 +160,34 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+# MFU's denominator: dense (no 2:4 sparsity) bf16/fp16 tensor-core peak FLOP/s, by a substring of the CUDA
+# device name (SXM parts' datasheet numbers). Matched in this order; unlisted devices get no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device, mixed_precision: str) -> dict:
+    """{"flops_per_s": the peak MFU divides by, or None; "basis": what it is}. Only for bf16/fp16 on CUDA:
+    fp32 runs elsewhere than the tensor cores' half-precision path, and a CPU has no figure here."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"flops_per_s": None, "basis": f"no peak for a {device.type} device"}
+    name = torch.cuda.get_device_name(device)
+    if mixed_precision not in ("bf16", "fp16"):
+        return {"flops_per_s": None, "basis": f"no peak for mixed_precision={mixed_precision} on {name}"}
+    for key, flops in PEAK_FLOPS.items():
+        if key in name:
+            return {"flops_per_s": flops, "basis": f"{key} dense {mixed_precision} tensor-core peak, "
+                                                   f"{flops / 1e12:.0f} TFLOP/s ({name})"}
+    return {"flops_per_s": None, "basis": f"{name} is not in the peak table (training/timing.py PEAK_FLOPS)"}
+
+
+def mfu(flops: float | None, ms: float | None, peak: dict) -> float | None:
+    """Model FLOP utilisation: `flops` done in `ms` milliseconds over the peak; None without a peak or a time."""
+    if not flops or not ms or peak["flops_per_s"] is None:
+        return None
+    return flops / (ms / 1e3) / peak["flops_per_s"]
+
+
 def environment(device: torch.device) -> dict:
     """The record every result file carries: machine, device, library versions, git commit."""
     device = torch.device(device)
