@@ -114,6 +114,8 @@ build_jpegs() {
         n=$((CLASSES - i * per_part < per_part ? CLASSES - i * per_part : per_part))
         local cmd=("$PYTHON" benchmarks/make_jpeg_folder.py --out "$JPEG_DIR/parts/$i" --classes "$n"
                    --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS" --seed $((SEED + i)))
+        # no scikit-learn on the device machine: its photos come along in .gpu/photos (benchmarks/gpu_prepare.sh)
+        [ -d .gpu/photos ] && cmd+=(--photos .gpu/photos)
         echo "+ ${cmd[*]}"
         [ -n "$DRY_RUN" ] || { "${cmd[@]}" > "$JPEG_DIR/parts/$i.log" 2>&1 & pids+=($!); }
     done
