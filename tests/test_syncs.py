@@ -11,7 +11,6 @@ CPU: blocking host -> device copies (`torch.as_tensor(numpy, device="cuda")`); o
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import traceback
 from pathlib import Path
@@ -228,14 +227,7 @@ def test_nonfinite_skip_reads_once_per_step_in_the_optimizer_step(runs):
 
 
 def test_evaluate_reads_back_once_whatever_the_number_of_batches():
-    class OneProcess:
-        device = torch.device("cpu")
-
-        def reduce(self, tensor, reduction="sum"):
-            return tensor.clone()
-
-        def autocast(self):
-            return contextlib.nullcontext()
+    from test_analytics import OneProcess  # one CPU process: reduce = identity
 
     class Batches(list):
         def set_epoch(self, epoch):
