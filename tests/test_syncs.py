@@ -85,11 +85,11 @@ class HostReads(TorchDispatchMode):
         return [what for _, what in self.tagged]
 
     def _record(self, what: str) -> None:
-        """The op and the innermost line of this project's code (not the tests) that ran it."""
+        """The op and the innermost line of this project's code that ran it (not tests/, not a venv in the repo)."""
         where = "?"
         for frame in reversed(traceback.extract_stack()[:-2]):
             path = Path(frame.filename)
-            if REPO in path.parents and REPO / "tests" not in path.parents and ".venv" not in path.parts:
+            if REPO in path.parents and REPO / "tests" not in path.parents and "site-packages" not in path.parts:
                 where = f"{path.relative_to(REPO)}:{frame.lineno}"
                 break
         self.tagged.append((self.tag, f"{what} at {where}"))
