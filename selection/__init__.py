@@ -33,8 +33,8 @@ METHODS = tuple(SELECTORS)  # every registered method, in registration order
 
 __all__ = [
     "CRITERIA", "METHODS", "PICK_CRITERIA", "SCORE_MODES", "SELECTORS",
-    "GraphedUnixSelector", "KDSelector", "LossWeights", "MixupSelector", "NonAdaptiveSelector", "RandomSelector", "Selection", "Selector",
-    "TLCutMixPickSelector", "TLCutMixSelector", "TLMixupSelector", "UncertaintySelector", "UnixMix",
-    "UnixSelector", "build_selector", "correction_factor", "mix", "register", "resolve_b", "resolve_k",
-    "resolve_n_pick", "score", "StaticGraph", "graphed", "to_device", "uncertainty", "unix_mix",
+    "GraphedUnixSelector", "KDSelector", "LossWeights", "MixupSelector", "NonAdaptiveSelector", "RandomSelector",
+    "Selection", "Selector", "StaticGraph", "TLCutMixPickSelector", "TLCutMixSelector", "TLMixupSelector",
+    "UncertaintySelector", "UnixMix", "UnixSelector", "build_selector", "correction_factor", "graphed", "mix",
+    "register", "resolve_b", "resolve_k", "resolve_n_pick", "score", "to_device", "uncertainty", "unix_mix",
 ]
