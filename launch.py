@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +236,8 @@ def cmd_profile(args) -> int:
     result = profile(cfg, selector=args.selector, steps=args.steps, warmup=args.warmup, out_dir=args.out,
                      fast_path=args.fast_path, note=args.note)
     print(format_table(result))
-    print(f"wrote {args.out}/profile.json, {args.out}/profile.png")
+    png = Path(args.out) / "profile.png"
+    print(f"wrote {args.out}/profile.json" + (f", {png}" if png.is_file() else ""))
     return 0
 
 
