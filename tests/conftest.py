@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory) -> Path:
+    pytest.importorskip("sklearn", reason="the digits set comes from scikit-learn (absent on the GPU box)")
     from pipeline import ensure_digits_dataset
 
     return Path(ensure_digits_dataset(tmp_path_factory.mktemp("data") / "digits", image_size=32))

@@ -4,6 +4,8 @@ them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -160,7 +162,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def photos(tmp_path_factory, jpeg_folder_script):
     """256 train + 16 val ImageNet-like JPEGs (500 px, ~110 KB, baseline 4:2:0: what the hardware decoder takes)."""
     root = tmp_path_factory.mktemp("photos")
-    jpeg_folder_script.build(root, classes=4, train_per_class=64, val_per_class=4, seed=0, size=500, quality=90)
+    copied = Path(__file__).resolve().parent.parent / ".gpu" / "photos"  # the GPU box has no scikit-learn
+    jpeg_folder_script.build(root, classes=4, train_per_class=64, val_per_class=4, seed=0, size=500, quality=90,
+                             photos_dir=copied if copied.is_dir() else None)
     return root
 
 
