@@ -150,6 +150,20 @@ def test_train_order_is_seeded_per_epoch(solid):
     assert run_epoch(b)[0] != ids_a
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_sample_order_is_what_the_loader_yields(solid, train):
+    """`sample_order(epoch)` (what the per-image sampling analytics index with) names exactly the images each
+    rank yields, in order: solid colours identify the images, whatever their labels."""
+    for shard in range(2):
+        loader = cpu_loader(solid, train=train, num_shards=2, shard_id=shard, seed=5)
+        for epoch in (0, 3):
+            loader.set_epoch(epoch)
+            named = [int(Path(solid.files[j]).stem) for j in loader.sample_order(epoch)]
+            assert run_epoch(loader)[0] == named
+        loader.set_epoch(3, start_batch=1)  # a mid-epoch restart yields the tail of the same order
+        assert run_epoch(loader)[0] == named[4:]
+
+
 def test_train_shards_have_equal_length_and_disjoint_samples(solid):
     shards = [cpu_loader(solid, train=True, num_shards=2, shard_id=r, seed=5) for r in range(2)]
     ids = [run_epoch(loader)[0] for loader in shards]
