@@ -103,8 +103,9 @@ class GraphedUnixSelector(UnixSelector):
     """UNIX with steps 1-8 replayed from one CUDA graph (see the module docstring); same draws, same state.
 
     The graph is captured on the first batch, in the autocast state `select` is called in (the training step's
-    mixed precision; the weight-cast cache is off inside, as capture requires, so each replay reads the
-    current weights). `fallbacks` counts batches that took the eager path (another shape).
+    mixed precision). The autocast cache is emptied before capture, so every weight cast is recorded in the
+    graph and each replay reads the current weights. `fallbacks` counts batches that took the eager path
+    (another shape).
     """
 
     def __init__(self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy", score_mode: str = "train",
