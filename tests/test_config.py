@@ -127,6 +127,8 @@ BAD_OVERRIDES = [
     (["selection.method=bogus"], "'selection.method' must be one of none, kd, random, unix"),
     (["selection.criterion=variance"], "'selection.criterion'"),
     (["mixed_precision=fp8"], "'mixed_precision' must be one of no, bf16, fp16"),
+    (["train.compile_student=default", "loss.feature=at"], "train.compile_student=default cannot expose"),
+    (["train.teacher_mode=fast"], "'train.teacher_mode' must be one of auto, eager, graph, compile"),
     (["train.nonfinite=ignore"], "'train.nonfinite' must be one of stop, skip, off"),
     (["train.preempt_check_every=0"], "'train.preempt_check_every'"),
     (["resume_force=maybe"], "'resume_force' must be true/false"),

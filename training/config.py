@@ -340,6 +340,9 @@ def validate(cfg: Config) -> None:
     need(0 < d.val_resize_ratio <= 1, "data.val_resize_ratio", "in (0, 1]", d.val_resize_ratio)
     if d.output_dtype == "float16" and cfg.mixed_precision == "no":  # fp16 inputs to fp32 weights fail at layer 1
         raise ConfigError("data.output_dtype=float16 needs mixed_precision bf16 or fp16")
+    if t.compile_student != "none" and cfg.loss.feature != "none":  # AT/SP hook the student's layers each step
+        raise ConfigError(f"train.compile_student={t.compile_student} cannot expose the student's layers that "
+                          f"loss.feature={cfg.loss.feature} reads; use train.compile_student=none")
     need(d.crop_padding >= 0, "data.crop_padding", ">= 0", d.crop_padding)
     native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}.get(d.dataset)
     need(native is None or d.image_size == native, "data.image_size", f"{native} for data.dataset={d.dataset}",
