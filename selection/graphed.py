@@ -144,10 +144,7 @@ class GraphedUnixSelector(UnixSelector):
             self._key = key
         if key != self._key:  # a short last batch, another student: eager, exactly the reference
             self.fallbacks += 1
-            logits = score(student, images, self.score_mode)
-            mix = unix_mix(images, logits, k=k, lam=lam, perm=self._device_index(perm, images),
-                           w=self.w, b=b, criterion=self.criterion)
-            return self.selection(mix, labels, N)
+            return self.select_drawn(images, labels, student, k, b, lam, perm)
         x, rank, partner, m = self._graph(images, _host_scalar(lam), torch.from_numpy(perm))
         mix = _Mix(x, rank, partner, m)
         return self.selection(mix, labels, N)

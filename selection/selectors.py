@@ -300,11 +300,14 @@ class UnixSelector(Selector):
     def select(self, images, labels, student):
         N = images.shape[0]
         k, b = resolve_k(self.k, N), resolve_b(self.b, N)
+        return self.select_drawn(images, labels, student, k, b, *self.draw(N))
+
+    def select_drawn(self, images, labels, student, k: int, b: int, lam: float, perm: np.ndarray) -> Selection:
+        """Steps 1-3 and 6-8 on this step's draws (λ, perm from `draw`): the eager path, also the graph's fallback."""
         logits = score(student, images, self.score_mode)                    # step 1
-        lam, perm = self.draw(N)                                            # steps 4-5
         mix = unix_mix(images, logits, k=k, lam=lam, perm=self._device_index(perm, images),  # steps 2-3, 6-8
                        w=self.w, b=b, criterion=self.criterion)
-        return self.selection(mix, labels, N)
+        return self.selection(mix, labels, images.shape[0])
 
     def draw(self, N: int) -> tuple[float, np.ndarray]:
         """This step's random draws, host-side: one λ ~ Beta(α, α) and a permutation of the original batch."""
