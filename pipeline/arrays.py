@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .output_format import dtype_name
-from .sharding import batches_per_epoch, epoch_indices, train_batches_per_rank
+from .sharding import batches_per_epoch, check_epoch_start, epoch_indices, train_batches_per_rank
 
 PLAN_STREAM = 0xC1FA  # separates the augmentation draws from the order draws (default_rng([seed, epoch]))
 
@@ -111,10 +111,7 @@ class ArrayLoaderBase:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The next ``__iter__`` yields epoch ``epoch`` from batch ``start_batch`` (0 ≤ start_batch ≤ len)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
+        check_epoch_start(epoch, start_batch, len(self))
         self.epoch, self.start_batch = epoch, start_batch
 
     def state_dict(self) -> dict:

@@ -34,7 +34,8 @@ import torch
 
 from .folder import FolderIndex
 from .output_format import dtype_name, nchw_view
-from .sharding import augmentation_seed, batches_per_epoch, epoch_indices, train_batches_per_rank
+from .sharding import (augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices,
+                       train_batches_per_rank)
 
 try:
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -148,10 +149,7 @@ class DaliLoader:
 
         The epoch sticks until changed (like DistributedSampler); ``start_batch`` is used by one pass only.
         """
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}] (batches per epoch), got {start_batch}")
+        check_epoch_start(epoch, start_batch, len(self))
         self.epoch, self.start_batch = epoch, start_batch
 
     def state_dict(self) -> dict:

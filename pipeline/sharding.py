@@ -41,3 +41,11 @@ def epoch_indices(
 def augmentation_seed(seed: int, shard_id: int, epoch: int, start_batch: int) -> int:
     """DALI pipeline seed: a fixed (hash-free) mix of run seed, rank, epoch and the batch the epoch starts at."""
     return (seed * 1000003 + shard_id * 10007 + epoch * 101 + start_batch) % 2**31
+
+
+def check_epoch_start(epoch: int, start_batch: int, batches: int) -> None:
+    """`set_epoch` arguments of a loader with `batches` per epoch: one-line ValueErrors."""
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if not 0 <= start_batch <= batches:
+        raise ValueError(f"start_batch must be in [0, {batches}] (batches per epoch), got {start_batch}")
