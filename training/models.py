@@ -70,21 +70,29 @@ def load_checkpoint(model: nn.Module, path: str, *, name: str = "model") -> None
         raise ModelError(f"checkpoint {path} holds no state dict")
     state = {_strip_prefix(k): v for k, v in state.items()}
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
-                         f"vs model {tuple(own[k].shape)})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ModelError(f"checkpoint {path} does not match {name}: " + "; ".join(parts))
+    problem = state_mismatch({k: tuple(v.shape) for k, v in own.items()},
+                             {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise ModelError(f"checkpoint {path} does not match {name}: {problem}")
     model.load_state_dict(state, strict=True)
+
+
+def state_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> str | None:
+    """How the tensors `found` in a file (name -> shape) differ from what a model `expected`, in one line
+    naming the first mismatching keys and shapes; None if they match exactly."""
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(found[k])} "
+                     f"vs model {tuple(expected[k])})")
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
 
 
 def _strip_prefix(key: str) -> str:

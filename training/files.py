@@ -1,0 +1,60 @@
+"""Files this program writes: whole or not at all.
+
+Every file is written to a temporary name beside its destination and renamed over it (`os.replace`, atomic
+on POSIX within one filesystem), so a reader — a resumed run, `report`, a user's script — sees the old file
+or the new one, never half of one, whatever kills the writer. The one exception is an append-only log
+(`metrics.jsonl`): each row is one `write` of a whole line, and readers tolerate a partial last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on any error it is removed.
+
+    For writers that want a path rather than bytes (`np.save`, `fig.savefig`): write to the yielded path.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the data reaches the disk before the name points at it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj, **dump_kwargs) -> None:
+    atomic_write_text(path, json.dumps(obj, **dump_kwargs))
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """Before expensive work: `path` can be created or replaced as a file (not a folder, parent exists and is
+    writable). Raises a one-line ValueError naming `what` (e.g. '--write-clean-list')."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {path}: is a folder; give a file name (e.g. {p / 'clean.txt'})")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{what} {path}: not writable")
+    return p
