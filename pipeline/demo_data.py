@@ -18,7 +18,8 @@ from PIL import Image
 
 VERSION = 1  # bump when the way images are made changes: older folders are rebuilt
 MANIFEST = "MANIFEST.json"
-OWN_ENTRIES = {"train", "val", MANIFEST}  # what may be replaced at root without asking
+OWN_ENTRIES = {"train", "val", MANIFEST}  # what may be replaced at root, under our manifest
+SOURCE = "sklearn.datasets.load_digits"  # the manifest's mark: this folder was built here
 
 
 def ensure_digits_dataset(root: str | Path, *, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -33,15 +34,34 @@ def ensure_digits_dataset(root: str | Path, *, image_size: int = 32, val_fractio
     problem = _problem(root, recipe)
     if problem is None:
         return root
-    if root.exists():
-        stray = sorted(p.name for p in root.iterdir() if p.name not in OWN_ENTRIES)
-        if stray:
-            raise ValueError(f"{root} holds other files ({', '.join(stray[:3])}); not overwriting it with demo data")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        _check_ours(root)  # only a folder this function built may be replaced
         print(f"demo data at {root}: {problem}; rebuilding")
     else:
         print(f"demo data: building scikit-learn digits ({image_size}px) at {root}")
     _build(root, recipe)
     return root
+
+
+def _check_ours(root: Path) -> None:
+    """Refuse (one line) unless ``root`` holds only what this module writes, under a manifest it wrote."""
+    if not root.is_dir():
+        raise ValueError(f"data.root={root} is a file, not a folder; point it at an empty or new folder")
+    why = None
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        if not isinstance(manifest, dict) or manifest.get("source") != SOURCE:
+            why = f"its {MANIFEST} was not written by unixkd's demo set"
+    except FileNotFoundError:
+        why = f"no {MANIFEST} from unixkd's demo set"
+    except (OSError, ValueError):
+        why = f"its {MANIFEST} is unreadable (remove the folder to rebuild the demo set there)"
+    stray = sorted(p.name for p in root.iterdir() if p.name not in OWN_ENTRIES)
+    if why is None and stray:
+        why = f"it holds other files ({', '.join(stray[:3])})"
+    if why is not None:
+        raise ValueError(f"data.root={root} is not the demo set: {why}. Not overwriting it with demo data: to "
+                         "train on this folder set data.dataset=folder, or point data.root at an empty or new folder")
 
 
 def _problem(root: Path, recipe: dict) -> str | None:
@@ -86,7 +106,7 @@ def _build(root: Path, recipe: dict) -> None:
         gray.resize((size, size), Image.Resampling.BICUBIC).convert("RGB").save(tmp / rel, quality=95)
         files[rel] = (tmp / rel).stat().st_size
     counts = {"train": int((~is_val).sum()), "val": int(is_val.sum()), "total": len(files)}
-    manifest = {**recipe, "source": "sklearn.datasets.load_digits", "counts": counts, "files": files}
+    manifest = {**recipe, "source": SOURCE, "counts": counts, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     old = root.parent / f".{root.name}.old-{os.getpid()}"

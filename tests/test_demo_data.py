@@ -46,21 +46,50 @@ def test_second_call_returns_at_once_without_rebuilding(built, capsys):
     assert (built / "MANIFEST.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate", "manifest"])
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_damaged_dataset_is_rebuilt(copy, capsys, damage):
     victim = next((copy / "val" / "3").iterdir())
     if damage == "delete":
         victim.unlink()
-    elif damage == "truncate":
-        victim.write_bytes(victim.read_bytes()[:100])
     else:
-        (copy / "MANIFEST.json").write_text("{not json")
+        victim.write_bytes(victim.read_bytes()[:100])
     ensure_digits_dataset(copy)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "rebuilding" in out
     assert victim.stat().st_size > 100
     ensure_digits_dataset(copy)  # now whole again: silent
     assert capsys.readouterr().out == ""
+
+
+def tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["imagenet_like", "foreign_manifest", "unreadable_manifest"])
+def test_a_users_dataset_is_never_replaced_by_the_demo_set(tmp_path, copy, kind):
+    """data.dataset=digits pointed at a user's folder (train/ and val/ only, as ImageNet is): refused, untouched.
+    Only a folder under a manifest this module wrote may be rebuilt."""
+    if kind == "imagenet_like":
+        root = tmp_path / "imagenet"
+        for split in ("train", "val"):
+            (root / split / "n01440764").mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(root / split / "n01440764" / "a.JPEG")
+    elif kind == "foreign_manifest":  # e.g. benchmarks/make_jpeg_folder.py's own MANIFEST.json
+        root = copy
+        (root / "MANIFEST.json").write_text(json.dumps({"generator": "another tool", "files": {}}))
+    else:
+        root = copy
+        (root / "MANIFEST.json").write_text("{not json")
+    before = tree(root)
+    with pytest.raises(ValueError, match=r"is not the demo set.*Not overwriting.*data.dataset=folder") as err:
+        ensure_digits_dataset(root)
+    assert "\n" not in str(err.value)
+    assert tree(root) == before
+
+
+def test_an_empty_folder_gets_the_demo_set(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert len(scan_folder(ensure_digits_dataset(tmp_path / "empty"), "val")) > 0
 
 
 def test_other_image_size_is_rebuilt(copy, capsys):
@@ -72,8 +101,8 @@ def test_other_image_size_is_rebuilt(copy, capsys):
 
 def test_refuses_to_overwrite_a_folder_that_is_not_demo_data(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(ValueError, match="not overwriting"):
-        ensure_digits_dataset(tmp_path)
+    with pytest.raises(ValueError, match="Not overwriting"):
+        ensure_digits_dataset(tmp_path)  # even with no manifest at all
     assert (tmp_path / "mine.txt").exists()
 
 
