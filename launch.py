@@ -9,10 +9,13 @@
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
     python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager] --out runs/profile
     python launch.py report  runs/demo      (PNGs of a finished run: sampling heatmap, selected vs accuracy, curves)
+    python launch.py status  runs/demo      (how the run ended; exit 0 if finished or preempted with a checkpoint)
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
 
-A mistake in the command line or the config is one line on stderr and exit code 2 (UNIXKD_DEBUG=1 shows the
-traceback).
+Exit codes: 0 done (or preempted / interrupted with a checkpoint: resume=auto continues); 2 a mistake in the
+command line, the config or the data, one line on stderr (UNIXKD_DEBUG=1 shows the traceback); 3 the run
+stopped itself (NaN, a checkpoint it cannot write, a peer process that hangs), its last checkpoint intact;
+130 aborted by a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,13 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
     p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
+    p = sub.add_parser("status", help="how a run ended: exit 0 if it finished or was preempted with a checkpoint")
+    p.add_argument("out_dir", help="the run folder (holds status.json)")
+    p.add_argument("--job", help="also require that this SLURM job wrote it (e.g. $SLURM_JOB_ID)")
     add_measure_commands(sub)
     args = parser.parse_args(argv)
 
     from training.config import ConfigError
+    from training.guards import RunStopped
     from training.models import ModelError
-
-    from training.guards import NonFiniteError
 
     try:
         return COMMANDS[args.command](args)
@@ -57,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:  # the run stopped itself; its last checkpoint is intact
+    except RunStopped as e:  # NaN, a checkpoint that cannot be written, a peer that hangs: last checkpoint intact
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def cmd_train(args) -> int:
@@ -73,7 +81,8 @@ def cmd_train(args) -> int:
     summary = train(cfg)
     if summary.get("preempted"):
         if _is_main():
-            print(f"preempted by {summary['signal']} at step {summary['step']}: checkpoint {summary['checkpoint']}; "
+            what = "interrupted (SIGINT)" if summary["signal"] == "SIGINT" else f"preempted by {summary['signal']}"
+            print(f"{what} at step {summary['step']}: checkpoint {summary['checkpoint']}; "
                   f"resume with the same command plus resume=auto")
         return 0
     if _is_main():
@@ -93,6 +102,7 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from training.config import ConfigError, load_config
+    from training.files import atomic_write_json
     from training.recipes import format_table, run_methods
 
     cfg = load_config(args.config, args.overrides)
@@ -106,8 +116,7 @@ def cmd_compare(args) -> int:
     rows = run_methods(cfg, methods)
     if _is_main():
         print(format_table(rows))
-        with open(os.path.join(cfg.out_dir, "compare.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+        atomic_write_json(os.path.join(cfg.out_dir, "compare.json"), rows, indent=1)
     return 0
 
 
@@ -152,6 +161,25 @@ def cmd_scan(args) -> int:
         print(f"clean list: {args.write_clean_list} ({len(report.good)} files; train with "
               f"data.root={report.root} data.file_list={args.write_clean_list})")
     return 0 if report.clean else 1
+
+
+def cmd_status(args) -> int:
+    """Exit 0 when the run finished, or was preempted and saved a checkpoint (a SLURM script's test, since
+    `accelerate launch` itself exits 1 on SIGTERM whatever its ranks did); 1 otherwise."""
+    from training.run_dir import lock_is_free, read_status
+
+    info = read_status(Path(args.out_dir))
+    state = info["state"]
+    if state == "running" and lock_is_free(Path(args.out_dir)):
+        state = "killed"  # no process holds the run's lock any more, yet it never said how it ended
+    detail = f" at step {info['step']}" if info.get("step") is not None else ""
+    detail += f": {info['message']}" if info.get("message") else ""
+    detail += f" (checkpoint {info['checkpoint']})" if info.get("checkpoint") else ""
+    print(f"{args.out_dir}: {state}{detail}")
+    if args.job and info.get("slurm_job_id") != args.job:
+        print(f"{args.out_dir}: status.json was written by job {info.get('slurm_job_id')}, not {args.job}")
+        return 1
+    return 0 if state == "finished" or (state == "preempted" and info.get("checkpoint")) else 1
 
 
 def cmd_report(args) -> int:
@@ -212,6 +240,7 @@ def cmd_cost(args) -> int:
 
 def cmd_bench(args) -> int:
     from training.bench import bench, format_table
+    from training.files import atomic_write_json
     from training.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
@@ -222,8 +251,7 @@ def cmd_bench(args) -> int:
     print(format_table(result))
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
-        with open(args.json_path, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write_json(args.json_path, result, indent=1)
         print(f"wrote {args.json_path}")
     return 0
 
@@ -246,7 +274,7 @@ def _is_main() -> bool:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan,
-            "report": cmd_report, "cost": cmd_cost, "bench": cmd_bench, "profile": cmd_profile}
+            "report": cmd_report, "status": cmd_status, "cost": cmd_cost, "bench": cmd_bench, "profile": cmd_profile}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,11 +12,12 @@ Counting is on the device (no host sync per step); one all-reduce per epoch. `la
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_path, atomic_write_json
 
 SAMPLING_FILE = "sampling.json"
 IMAGES_DIR = "sampling_images"
@@ -95,7 +96,8 @@ class SamplingLog:
                 path = folder / f"epoch-{self.epoch:04d}.npy"
                 if path.exists():  # the rest of an epoch begun before a resume
                     images = images + np.load(path)
-                np.save(path, images.astype(np.uint16))
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, images.astype(np.uint16))
         self._zero()
         self.write()
 
@@ -112,10 +114,7 @@ class SamplingLog:
     def write(self) -> None:
         if not self.write_files:
             return
-        path = self.out_dir / SAMPLING_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.history))
-        os.replace(tmp, path)
+        atomic_write_json(self.out_dir / SAMPLING_FILE, self.history)
 
     # --- checkpoints: the history (main process) and this process's counts of the epoch so far ----------
     def state_dict(self) -> dict:

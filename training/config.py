@@ -7,6 +7,7 @@ Every mistake a user can make in a config (an unknown key, a wrong type, an out-
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -130,6 +131,11 @@ class TrainConfig:
     # the student's training forward/backward through torch.compile (inductor): fuses BatchNorm/ReLU/adds,
     # fewer launches for a small student. none | default | max-autotune-no-cudagraphs (longer compile)
     compile_student: str = "none"
+    # collective timeouts (several processes): the step's (DDP all-reduce, metrics, evaluation) end a job whose
+    # peer hangs or died within minutes; setup (pre-flight of a large dataset on the main process, resume checks)
+    # and checkpoint saves may keep the processes apart for longer
+    step_timeout_min: float = 10.0
+    setup_timeout_min: float = 60.0
 
 
 @dataclass
@@ -137,7 +143,8 @@ class Config:
     out_dir: str = "runs/default"
     seed: int = 0
     resume: str = "none"  # auto | none | path to a checkpoint folder
-    resume_force: bool = False  # resume even if world size, batch size, seed or method differ
+    resume_force: bool = False  # resume even if world size, batch size, seed, method, student or data differ
+    overwrite: bool = False  # a new run in an out_dir that holds another: move the old run's files aside
     mixed_precision: str = "no"  # no | bf16 | fp16
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -226,7 +233,10 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The resolved config as YAML, written atomically (timm writes `args.yaml` beside each run the same way)."""
+    from .files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -278,6 +288,8 @@ def _coerce(value, tp, key: str):
     """Check (and lightly convert: int -> float) one value against its annotated type."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
         for arg in typing.get_args(tp):  # first matching member wins: int before float for k and b
             try:
                 return _coerce(value, arg, key)
@@ -299,10 +311,15 @@ def _coerce(value, tp, key: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):  # PyYAML reads 1e-4 as a string
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):  # PyYAML reads 1e-4 as a string
+            number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # .inf, .nan, 1e999: nothing trains with them
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -415,6 +432,12 @@ def validate(cfg: Config) -> None:
     need(cfg.teacher_train.lr > 0, "teacher_train.lr", "> 0", cfg.teacher_train.lr)
     need(bool(cfg.out_dir), "out_dir", "a folder path", cfg.out_dir)
     need(bool(cfg.resume), "resume", "auto, none or a checkpoint folder", cfg.resume)
+    need(not cfg.overwrite or cfg.resume == "none", "overwrite",
+         f"false with resume={cfg.resume} (overwrite=true starts a new run and moves the old one aside)",
+         cfg.overwrite)
+    need(t.step_timeout_min > 0, "train.step_timeout_min", "> 0 (minutes)", t.step_timeout_min)
+    need(t.setup_timeout_min >= t.step_timeout_min, "train.setup_timeout_min",
+         f">= train.step_timeout_min={t.step_timeout_min}", t.setup_timeout_min)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -46,6 +46,14 @@ def atomic_write_json(path: str | Path, obj, **dump_kwargs) -> None:
     atomic_write_text(path, json.dumps(obj, **dump_kwargs))
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """`fig.savefig`, atomically; the format comes from `path`'s suffix (the temporary name has none)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    return path
+
+
 def check_writable_file(path: str | Path, what: str) -> Path:
     """Before expensive work: `path` can be created or replaced as a file (not a folder, parent exists and is
     writable). Raises a one-line ValueError naming `what` (e.g. '--write-clean-list')."""

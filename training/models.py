@@ -68,7 +68,7 @@ def load_checkpoint(model: nn.Module, path: str, *, name: str = "model") -> None
             break
     if not isinstance(state, dict):
         raise ModelError(f"checkpoint {path} holds no state dict")
-    state = {_strip_prefix(k): v for k, v in state.items()}
+    state = {strip_prefixes(k): v for k, v in state.items()}
     own = model.state_dict()
     problem = state_mismatch({k: tuple(v.shape) for k, v in own.items()},
                              {k: tuple(v.shape) for k, v in state.items()})
@@ -95,7 +95,8 @@ def state_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> str |
     return "; ".join(parts) or None
 
 
-def _strip_prefix(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """A parameter name without the wrappers' prefixes: DDP's `module.`, torch.compile's `_orig_mod.`."""
     for prefix in ("module.", "_orig_mod."):
         while key.startswith(prefix):
             key = key[len(prefix):]

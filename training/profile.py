@@ -22,7 +22,6 @@ the counter. A graphed selection is one replay, where forward hooks do not fire:
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +30,7 @@ from selection import GraphedUnixSelector
 from .config import Config, ConfigError, to_dict
 from .cost import flop_counter
 from .fastpath import eager_step, step_modes
+from .files import atomic_write_json, save_figure
 from .timing import Clock, build_timed_run, endless, environment, median, mfu, peak_flops, teacher_weights
 from .trainer import make_accelerator
 
@@ -202,7 +202,7 @@ def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup
         "phases": phases,
         "config": to_dict(cfg),
     }
-    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "profile.json", result, indent=1)
     try:
         plot(result, out / "profile.png")
     except ImportError as e:  # a bare GPU box without matplotlib (a declared dependency): keep the numbers
@@ -244,7 +244,7 @@ def plot(result: dict, path: Path) -> None:
                  f"step {result['median_step_ms']:.1f} ms (median)\n{env['device']}", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

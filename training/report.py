@@ -15,15 +15,33 @@ import numpy as np
 import yaml
 
 from .analytics import load_sampling
+from .files import save_figure
 
 REPORT_DIR = "report"
 
 
 def read_metrics(out_dir: Path) -> list[dict]:
+    """The rows of `<out_dir>/metrics.jsonl`. A partial last line (the run was killed while writing it) is left
+    out with a note; a damaged line elsewhere is a one-line error naming the file and the line."""
     path = out_dir / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{out_dir}: no metrics.jsonl (not a training run folder?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                print(f"note: {path} line {number} is incomplete (a run killed while writing it); left out")
+                continue
+            raise ValueError(f"{path} line {number} is not valid JSON: {line[:60]!r}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
+        rows.append(row)
+    return rows
 
 
 def run_method(out_dir: Path) -> str:
@@ -86,7 +104,7 @@ def heatmap(sampling: dict, method: str, path: Path) -> Path:
         fig.colorbar(im, ax=ax, label="rows per image of the class")
     fig.suptitle(f"{method}: how often each class is trained on, per epoch", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -114,7 +132,7 @@ def selected_vs_accuracy(sampling: dict, method: str, path: Path) -> Path:
     ax.set_title(f"{method}: {what}\nvs per-class val top-1 (Pearson r = {r:.2f})", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -142,6 +160,6 @@ def curves(rows: list[dict], method: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(method, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -7,9 +7,11 @@ metrics.jsonl, the cost ledger, checkpoints, the final student weights.
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,90 +20,101 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from selection import build_selector
+from selection.selectors import resolve_k
 from selection.graphed import graphed
 
 from . import checkpoint as ckpt
+from . import run_dir
 from .analytics import SamplingLog
 from .budget import budget_k
-from .config import Config, save_config
+from .config import BUDGET_METHODS, Config, ConfigError, save_config
 from .cost import CostLedger, measure_pair
 from .data import build_data
 from .evaluate import evaluate
 from .fastpath import (TeacherForward, apply_channels_last, compile_student, configure_backends,
                        selection_graph_mode, teacher_mode)
 from .features import FeatureDistill, resolve_layers
-from .guards import NonFiniteError, PreemptionFlag
-from .models import create_model
+from .distributed import make_accelerator, on_main
+from .guards import NonFiniteError, PeerTimeoutError, PreemptionFlag, RunStopped, is_collective_timeout
+from .models import create_model, state_mismatch, strip_prefixes
 from .optim import build_optimizer, build_scheduler
 from .step import DistillStep
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    # cpu=True off-GPU so that `accelerate launch --multi_gpu` also runs (over gloo) on CPU machines.
-    # No AutocastKwargs handler, on purpose: with one, every `accelerator.autocast()` (three per step) runs
-    # `AutocastKwargs.to_kwargs()`, which empties and refills os.environ, racing DALI's decoder threads that
-    # call getenv (a segfault, seen in tests). The CUDA-graph captures clear the autocast cache instead.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
-
-
-class MetricsLog:
-    """`<out_dir>/metrics.jsonl`: one JSON object per logged step or evaluation; main process only."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     """Run one training job end to end; returns the final summary (also the last row of metrics.jsonl).
 
-    A preemption signal (SIGTERM/SIGUSR1) ends the run early at a step boundary with a checkpoint; the
-    summary then has `preempted: true`. A non-finite loss or gradient raises NonFiniteError before the
-    optimizer updates the weights.
+    A preemption signal (SIGTERM/SIGUSR1) or Ctrl-C ends the run early at a step boundary with a checkpoint;
+    the summary then has `preempted: true`. A non-finite loss or gradient, a checkpoint that cannot be written
+    or a peer that stops answering raises a RunStopped error with the last complete checkpoint named.
     """
     accelerator = accelerator or make_accelerator(cfg)
     main = accelerator.is_main_process
     out = Path(cfg.out_dir)
+    held = {}  # the out_dir lock: the main process's alone (an open file, never sent to the others)
+
+    def claim() -> list[str]:
+        held["lock"], notes = run_dir.claim(cfg)  # refuses before any expensive work
+        return notes
+
+    _print(main, on_main(accelerator, claim))
+    record = {"started": False}  # set once this run's config.yaml is in out_dir
+    try:
+        summary = _train(cfg, accelerator, out, record)
+        if main:
+            state = "preempted" if summary.get("preempted") else "finished"
+            run_dir.write_status(out, state, step=summary["step"], checkpoint=summary.get("checkpoint"))
+        return summary
+    except BaseException as e:
+        if main and record["started"]:  # say how it ended (a refusal before the start leaves the folder alone)
+            state = ("stopped" if isinstance(e, RunStopped) else
+                     "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            run_dir.write_status(out, state, message=(str(e).splitlines() or [type(e).__name__])[0],
+                                 checkpoint=str(ckpt.latest_checkpoint(out) or "") or None)
+        raise
+    finally:
+        if "lock" in held:
+            held["lock"].release()
+
+
+def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> dict:
+    main = accelerator.is_main_process
     set_seed(cfg.seed)  # identical model init on every process
 
     data = build_data(cfg, accelerator)
     steps_per_epoch = len(data.train)
     run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
     student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
-    if main:
-        _prepare_out_dir(out, _checkpoint_bytes(student, cfg.train.keep_checkpoints))
-        save_config(cfg, out / "config.yaml")
     C = len(data.classes)
     sampling = SamplingLog(out, data.classes, accelerator.device, write=main, loader=data.train,
                            count_images=cfg.train.count_images)
     step_fn.on_select = sampling.observe  # which classes (and images) each step trains on
 
-    step, epoch, start_batch, data_state = 0, 0, 0, None
-    resume_from = ckpt.resolve_resume(cfg.resume, out)
     fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
-                   "method": cfg.selection.method}
+                   "method": cfg.selection.method, "student": cfg.model.student, **data_identity(data)}
+    resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, student, fingerprint))
+    step, epoch, start_batch, data_state = 0, 0, 0, None
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from, accelerator.process_index)
-        if state["fingerprint"] != fingerprint and not cfg.resume_force:
-            raise ValueError(f"resume={resume_from}: saved with {state['fingerprint']}, this run is {fingerprint} "
-                             "(resume_force=true resumes anyway)")
         accelerator.load_state(str(resume_from))
         selector.load_state_dict(state["selector"])
         ledger.load_state_dict(state["ledger"])
         sampling.load_state_dict(state.get("sampling"))
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
         data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
-        if main:
-            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})")
+    if main:  # every check passed: from here on the folder describes this run
+        dropped = run_dir.truncate_metrics(out, step)
+        save_config(cfg, out / run_dir.CONFIG)
+        run_dir.write_status(out, "running", step=step)
+        record["started"] = True
+        if resume_from is not None:
+            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})"
+                  + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else ""))
 
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    log = MetricsLog(out / "metrics.jsonl", main)
+    log = run_dir.MetricsLog(out / run_dir.METRICS, main)
     world = accelerator.num_processes
 
     def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
@@ -119,7 +132,8 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
     preempted = False
     student.train()
-    with PreemptionFlag() as preemption:
+    with PreemptionFlag(repeat_aborts=world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ) as preemption, \
+            _stop_cleanly(out, lambda: step):
         while step < total_steps and epoch < cfg.train.epochs and not preempted:
             if data_state is not None and data_state["dali"]:  # continue the epoch exactly: samples and crops
                 data.train.load_state_dict(data_state)
@@ -129,12 +143,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
             sampling.set_epoch(epoch, start_batch)
             batch_in_epoch = start_batch
             for images, labels in data.train:
-                try:
-                    loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
-                except NonFiniteError:
-                    last = ckpt.latest_checkpoint(out)
-                    raise NonFiniteError(f"non-finite loss or gradient at step {step + 1}: the weights were not "
-                                         f"updated; last complete checkpoint: {last or 'none'}") from None
+                loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
                 ledger.add_step(batch=n.batch * world, teacher=n.teacher * world,
                                 student_fwd=n.student_fwd * world, student_bwd=n.student_bwd * world)
                 loss_sum += loss  # stays on the device: read once per log_every steps
@@ -189,10 +198,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         log.write(summary)
         accelerator.wait_for_everyone()
         return summary
-    accelerator.save_model(student, str(out / "final"))
+    ckpt.save_final(accelerator, student, out)
     last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
     result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
-    summary = {"step": step, "epoch": epoch, "final": True, **result,
+    summary = {"step": step, "epoch": epoch, "final": True, **result, "checkpoint": str(latest),
                **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
     if run.teacher is not None:
         t_eval = evaluate(run.teacher, data.val, accelerator)
@@ -200,6 +209,75 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     log.write(summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint: dict) -> Path | None:
+    """Main process, before anything is loaded or written: the disk can hold the checkpoints, and the checkpoint
+    to resume from (if any) is intact, was saved by the same kind of run, and holds this student."""
+    need = _checkpoint_bytes(student, cfg.train.keep_checkpoints)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise ValueError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
+                         f"{need / 2**30:.2f} GiB")
+    path, notes = ckpt.find_resume(cfg.resume, out, fingerprint["world_size"])
+    _print(True, notes)
+    if path is None:
+        return None
+    saved = ckpt.load_trainer_state(path, 0)["fingerprint"]
+    differs = [f"{k}={saved[k]!r} (this run: {fingerprint.get(k)!r})" for k in saved if saved[k] != fingerprint.get(k)]
+    if differs and not cfg.resume_force:
+        raise ValueError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
+                         "resume_force=true resumes anyway")
+    own = {k: tuple(v.shape) for k, v in accelerator_free_state(student).items()}
+    mismatch = state_mismatch(own, ckpt.saved_model_shapes(path))
+    if mismatch:
+        raise ValueError(f"resume={cfg.resume}: {path} holds another student than model.student="
+                         f"{cfg.model.student}: {mismatch}")
+    return path
+
+
+def accelerator_free_state(model: torch.nn.Module) -> dict:
+    """The state dict with the wrappers' prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) removed."""
+    return {strip_prefixes(k): v for k, v in model.state_dict().items()}
+
+
+def data_identity(data) -> dict:
+    """What a resume needs to find unchanged: how many training samples, which classes, which files (a
+    digest of the sorted relative paths, or of the labels for in-memory sets)."""
+    h = hashlib.sha1("\n".join(data.classes).encode())
+    index = getattr(data.train, "index", None)
+    if index is not None:  # a folder: the files themselves (a dataset that changed between runs is refused)
+        root = str(data.root.resolve()) + "/"
+        for f in index.files:
+            h.update((f[len(root):] if f.startswith(root) else f).encode() + b"\n")
+        n = len(index.files)
+    else:
+        labels = getattr(data.train, "labels")
+        labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        h.update(labels.tobytes())
+        n = len(labels)
+    return {"train_samples": n, "data_digest": h.hexdigest()[:16]}
+
+
+@contextmanager
+def _stop_cleanly(out: Path, current_step):
+    """Errors of the loop as one line that names the step and the last complete checkpoint."""
+    try:
+        yield
+    except NonFiniteError:
+        raise NonFiniteError(f"non-finite loss or gradient at step {current_step() + 1}: the weights were not "
+                             f"updated; last complete checkpoint: {ckpt.latest_checkpoint(out) or 'none'}") from None
+    except RuntimeError as e:
+        if not is_collective_timeout(e) or isinstance(e, RunStopped):
+            raise
+        raise PeerTimeoutError(f"step {current_step() + 1}: another process did not answer within the collective "
+                               "timeout (train.step_timeout_min): it is stuck or died; last complete checkpoint: "
+                               f"{ckpt.latest_checkpoint(out) or 'none'}") from None
+
+
+def _print(enabled: bool, lines: list[str]) -> None:
+    for line in lines if enabled else ():
+        print(line)
 
 
 @dataclass
@@ -244,7 +322,7 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
     if teacher is not None:
         teacher.to(accelerator.device)
-    selector = make_selector(cfg, accelerator, cfg.selection.method if distill else "kd", ledger)
+    selector = make_selector(cfg, accelerator, cfg.selection.method if distill else "kd", ledger, student)
     step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
                        temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
                        nonfinite=cfg.train.nonfinite, features=features)
@@ -254,7 +332,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
-def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: CostLedger | None = None):
+def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: CostLedger | None = None,
+                  student: torch.nn.Module | None = None):
     """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times).
 
     Compute-budget mode (`selection.budget`, needs the ledger's per-image FLOPs): k is chosen so the run
@@ -267,6 +346,7 @@ def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: Co
                            Fs=ledger.Fs, measured_Bs=ledger.Bs)
         if accelerator.is_main_process:
             print(line)
+    _check_batchnorm_rows(cfg, method, k, accelerator.unwrap_model(student) if student is not None else None)
     selector = build_selector(method, k=k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
                               score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool, n_pick=s.n_pick,
                               pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
@@ -275,19 +355,20 @@ def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: Co
     return graphed(selector, mode=mode) if mode else selector  # UNIX: one CUDA graph replay per step
 
 
-def _prepare_out_dir(out: Path, need_bytes: int) -> None:
-    """Fail before training if out_dir cannot be written or cannot hold the checkpoints."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"out_dir={out}: not writable ({e.strerror})") from None
-    free = shutil.disk_usage(out).free
-    if free < need_bytes:
-        raise ValueError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
-                         f"{need_bytes / 2**30:.2f} GiB")
+def _check_batchnorm_rows(cfg: Config, method: str, k, student: torch.nn.Module | None) -> None:
+    """BatchNorm in training mode normalizes each channel over the rows of the batch: a student with BatchNorm
+    cannot train (torch refuses at a 1×1 feature map, and one row's statistics are its own) on fewer than 2
+    rows per step. Checked here, before any data is read, with the key to change."""
+    if student is None or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+        return
+    N = cfg.data.batch_size
+    if N < 2:
+        raise ConfigError(f"config key 'data.batch_size' must be >= 2 for the student {cfg.model.student} "
+                          f"(it has BatchNorm layers, which need 2 or more images per batch), got {N}")
+    if method in BUDGET_METHODS and resolve_k(k, N) < 2:
+        key, value = ("budget", cfg.selection.budget) if cfg.selection.budget is not None else ("k", cfg.selection.k)
+        raise ConfigError(f"config key 'selection.{key}'={value!r} leaves 1 row per step for the student "
+                          f"{cfg.model.student}, whose BatchNorm layers need 2 or more")
 
 
 def _checkpoint_bytes(student: torch.nn.Module, keep: int) -> int:
