@@ -144,7 +144,8 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, digits_root, 
                                               text=True).stdout.split()]
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGTERM)  # only one rank hears it, as when a node gets the notice first
-    finish(proc)
+    out = finish(proc)
+    assert "preempted by SIGTERM at step" in out  # the main rank knows which signal its peer got
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["preempted"] and last["step"] < STEPS
     ckpt = Path(last["checkpoint"])
@@ -177,3 +178,93 @@ def test_two_nodes_on_loopback_cover_the_epoch_exactly_once(tmp_path):
     assert len(train0) == len(train1) == 40 and not set(train0) & set(train1)
     assert sorted(train0 + train1) == list(range(80))  # 80 = 2 * 5 * 8: nothing dropped, each sample once
     assert sorted(ranks[0]["val"] + ranks[1]["val"]) == list(range(80, 100))
+
+
+def workers_of(proc: subprocess.Popen, n: int, timeout: float = 60) -> list[int]:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        found = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+        if len(found) == n:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"expected {n} worker processes of {proc.pid}")
+
+
+def test_sigterm_to_the_launcher_saves_and_status_says_preempted(tmp_path, digits_root, teacher_ckpt):
+    """`accelerate launch` itself exits 1 on SIGTERM (torch elastic re-raises the signal after forwarding it);
+    the ranks save and exit 0, and status.json is what a SLURM script tests (examples/slurm/unixkd.sbatch)."""
+    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, "train.preempt_check_every=1"))
+    wait_for(tmp_path / "checkpoints" / "step-3", proc)
+    proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill <pid of accelerate launch>` does
+    out, _ = proc.communicate(timeout=240)
+    assert "preempted by SIGTERM at step" in out, out[-3000:]
+    ours = [f'{REPO / "launch.py"}"', f'{REPO / "training"}/']  # the launcher's own traceback is torch's
+    assert not any(frame in out for frame in ours), out[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "preempted" and Path(status["checkpoint"]).name == f"step-{status['step']}"
+    check = subprocess.run([sys.executable, str(REPO / "launch.py"), "status", str(tmp_path)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and "preempted at step" in check.stdout
+    finish(start(2, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "finished"
+
+
+def test_ctrl_c_saves_like_sigterm_then_resumes_bitwise(tmp_path, digits_root, teacher_ckpt, reference):
+    proc = start(1, train_args(tmp_path, digits_root, teacher_ckpt))
+    wait_for(tmp_path / "checkpoints" / "step-3", proc)
+    proc.send_signal(signal.SIGINT)
+    out = finish(proc)
+    assert "interrupted (SIGINT) at step" in out and "resume=auto" in out and "Traceback" not in out
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "preempted"
+    finish(start(1, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
+    assert_same_weights(reference(1), tmp_path)  # interrupted and resumed = never interrupted
+
+
+def test_a_second_ctrl_c_aborts_and_the_cli_says_so_in_one_line(monkeypatch, capsys):
+    import launch
+    from training.guards import PreemptionFlag
+
+    with PreemptionFlag() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with PreemptionFlag(repeat_aborts=False) as flag:  # under a launcher, which forwards Ctrl-C once more
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.signal_name == "SIGINT"
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(launch.COMMANDS, "report", interrupted)
+    assert launch.main(["report", "somewhere"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_stuck_rank_ends_the_job_within_the_step_timeout(tmp_path, digits_root, teacher_ckpt):
+    """SIGSTOP one of two ranks: the other gives up after train.step_timeout_min, says so in one line, and the
+    launcher ends the job (torch's default would wait 30 minutes)."""
+    timeout_min = 0.25
+    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, f"train.step_timeout_min={timeout_min}",
+                               "train.max_steps=200"))
+    wait_for(tmp_path / "checkpoints" / "step-3", proc)
+    stuck = workers_of(proc, 2)[-1]
+    os.kill(stuck, signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        for pid in [stuck]:
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    waited = time.time() - t0
+    assert proc.returncode != 0
+    assert "another process did not answer within the collective timeout" in out, out[-3000:]
+    assert waited < timeout_min * 60 + 90, waited  # the timeout, plus the launcher's 30 s grace and start-up
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "stopped" and status["checkpoint"]
