@@ -16,6 +16,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from training.config import ConfigError, load_config
 from training.models import ModelError, create_model, load_checkpoint
 
 TINY = "test_resnet"
@@ -423,3 +424,46 @@ def test_log_none_is_silent(tmp_path, capsys):
     save_file({k: v.contiguous() for k, v in tensors(fresh()).items()}, str(tmp_path / "w.safetensors"))
     create_model(TINY, 5, checkpoint=str(tmp_path / "w.safetensors"), log=None)
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config keys and their wiring
+
+
+NEEDED = ["data.root=/tmp", "model.teacher_checkpoint=x.pth"]
+
+
+def test_config_keys():
+    cfg = load_config(None, NEEDED)
+    assert cfg.model.teacher_weights == "auto" and cfg.model.trust_checkpoint is False
+    assert load_config(None, [*NEEDED, "model.teacher_weights=plain"]).model.teacher_weights == "plain"
+    with pytest.raises(ConfigError, match="model.teacher_weights.*auto, ema, plain"):
+        load_config(None, [*NEEDED, "model.teacher_weights=best"])
+    with pytest.raises(ConfigError, match="model.trust_checkpoint"):
+        load_config(None, [*NEEDED, "model.trust_checkpoint=maybe"])
+
+
+def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
+    from training import trainer
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(name, num_classes, **kwargs):
+        if kwargs.get("checkpoint"):
+            seen.update(kwargs)
+            raise Stop
+        return create_model(name, num_classes)
+
+    class Acc:
+        def print(self, *a):
+            pass
+
+    monkeypatch.setattr(trainer, "create_model", fake)
+    cfg = load_config(None, [*NEEDED, "model.teacher_weights=ema", "model.trust_checkpoint=true",
+                             "model.student=test_resnet"])
+    with pytest.raises(Stop):
+        trainer.build_run(cfg, Acc(), 5, 10)
+    assert seen["weights"] == "ema" and seen["trust"] is True and seen["checkpoint"] == "x.pth"

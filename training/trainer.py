@@ -222,7 +222,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     teacher = None
     if distill:
         teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
-                               checkpoint=cfg.model.teacher_checkpoint)
+                               checkpoint=cfg.model.teacher_checkpoint, weights=cfg.model.teacher_weights,
+                               trust=cfg.model.trust_checkpoint, log=accelerator.print)
         teacher.eval().requires_grad_(False)
 
     # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
