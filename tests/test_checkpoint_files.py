@@ -467,3 +467,14 @@ def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
     with pytest.raises(Stop):
         trainer.build_run(cfg, Acc(), 5, 10)
     assert seen["weights"] == "ema" and seen["trust"] is True and seen["checkpoint"] == "x.pth"
+
+
+def test_a_teacher_folder_counts_as_present(tmp_path):
+    from training.recipes import ensure_teacher
+    from training.timing import teacher_weights
+
+    (tmp_path / "final").mkdir()
+    cfg = load_config(None, ["data.root=/tmp", f"model.teacher_checkpoint={tmp_path / 'final'}",
+                             "teacher_train.train_if_missing=true"])
+    assert ensure_teacher(cfg) is None  # nothing to train: the folder is there
+    assert teacher_weights(cfg) == str(tmp_path / "final")  # bench/profile time it, not a random teacher
