@@ -288,6 +288,18 @@ def test_accelerate_save_model_folder(tmp_path, fresh_accelerator_state, shard, 
         assert_holds(create_model(TINY, 5, checkpoint=str(tmp_path / "final" / index)), tensors(model))
 
 
+def test_accelerate_save_state_folder(tmp_path, fresh_accelerator_state):
+    """A training checkpoint (checkpoints/step-N/: model.safetensors beside optimizer.bin and the RNG states)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = fresh(seed=20)
+    accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    accelerator.save_state(str(tmp_path / "step-3"))
+    assert {"model.safetensors", "optimizer.bin"} <= set(os.listdir(tmp_path / "step-3"))
+    assert_holds(create_model(TINY, 5, checkpoint=str(tmp_path / "step-3")), tensors(model))
+
+
 @pytest.mark.parametrize("safe", [True, False, "both"])
 def test_timm_save_for_hf_folder(tmp_path, safe):
     from timm.models import save_for_hf
