@@ -130,11 +130,13 @@ def cmd_eval(args) -> int:
     overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
     ckpts = [o.split("=", 1)[1] for o in args.overrides if o.startswith("checkpoint=")]
     if len(ckpts) != 1 or not ckpts[0]:
-        raise ConfigError("eval needs exactly one checkpoint=<path to the student's model.safetensors>")
+        raise ConfigError("eval needs exactly one checkpoint=<the student's weights: a file, or a folder such as "
+                          "runs/demo/final>")
     cfg = load_config(args.config, overrides)
     accelerator = make_accelerator(cfg)
     data = build_data(cfg, accelerator)
-    model = create_model(cfg.model.student, cfg.model.num_classes or len(data.classes), checkpoint=ckpts[0])
+    model = create_model(cfg.model.student, cfg.model.num_classes or len(data.classes), checkpoint=ckpts[0],
+                         trust=cfg.model.trust_checkpoint, log=accelerator.print)  # EMA weights if the file has them
     model = accelerator.prepare_model(model, evaluation_mode=True)
     result = evaluate(model, data.val, accelerator)
     if _is_main():

@@ -126,12 +126,12 @@ def test_eval_command_reproduces_the_final_top1(tmp_path, digits_root, teacher_c
     cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=2")
     summary = train(cfg)
     capsys.readouterr()
-    ckpt = Path(cfg.out_dir) / "final" / "model.safetensors"
-    code = launch.main(["eval", "--config", str(launch_config()), f"data.root={digits_root}",
-                        "model.student=tv/shufflenet_v2_x0_5", f"checkpoint={ckpt}"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["top1"] == pytest.approx(summary["top1"]) and result["val_images"] == 359
+    for ckpt in (Path(cfg.out_dir) / "final" / "model.safetensors", Path(cfg.out_dir) / "final"):  # file or folder
+        code = launch.main(["eval", "--config", str(launch_config()), f"data.root={digits_root}",
+                            "model.student=tv/shufflenet_v2_x0_5", f"checkpoint={ckpt}"])
+        assert code == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["top1"] == pytest.approx(summary["top1"]) and result["val_images"] == 359
 
 
 def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_root, capsys):

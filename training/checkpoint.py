@@ -19,7 +19,6 @@ from pathlib import Path
 from .distributed import on_main, wait_long
 from .files import atomic_write_json
 from .guards import CheckpointWriteError
-from .models import strip_prefixes
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "MANIFEST.json"
@@ -208,4 +207,4 @@ def saved_model_shapes(ckpt: Path) -> dict[str, tuple]:
     from safetensors import safe_open
 
     with safe_open(str(ckpt / MODEL_FILE), framework="pt") as f:
-        return {strip_prefixes(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

@@ -55,7 +55,11 @@ class DataConfig:
 class ModelConfig:
     teacher: str = "tv/resnet18"
     student: str = "tv/shufflenet_v2_x0_5"
-    teacher_checkpoint: str = ""  # local state dict / timm or torchvision checkpoint
+    teacher_checkpoint: str = ""  # local weights: a file or a folder (what loads: training/models.py)
+    teacher_weights: str = "auto"  # a checkpoint with EMA weights too: auto (EMA, as timm) | ema | plain
+    # torch.load without weights_only for teacher_checkpoint (and eval's checkpoint=): a pickled file can run any
+    # code when loaded. Only for a file you trust that holds more than weights (e.g. a whole pickled model)
+    trust_checkpoint: bool = False
     pretrained_teacher: bool = False  # timm's own pretrained weights (needs network)
     num_classes: int = 0  # 0: the number of class folders in the training set
 
@@ -159,6 +163,7 @@ CHOICES = {
     "data.dataset": ("folder", "digits", "cifar10", "cifar100", "tinyimagenet"),
     "data.cifar_loader": ("dali", "tensor"),
     "data.dali_device": ("auto", "cpu", "gpu"),
+    "model.teacher_weights": ("auto", "ema", "plain"),
     "selection.method": ("none", "kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup",
                          "tlcutmix", "tlcutmix_pick"),
     "selection.criterion": ("entropy", "confidence", "margin"),

@@ -19,7 +19,7 @@ def ensure_teacher(cfg: Config) -> dict | None:
     run loads is exactly what this run writes. Returns the teacher run's summary, or None if nothing ran.
     """
     path = Path(cfg.model.teacher_checkpoint) if cfg.model.teacher_checkpoint else None
-    if cfg.selection.method == "none" or not cfg.teacher_train.train_if_missing or (path and path.is_file()):
+    if cfg.selection.method == "none" or not cfg.teacher_train.train_if_missing or (path and path.exists()):
         return None
     if path is None or path.parts[-2:] != TEACHER_FILE.parts:
         raise ConfigError("config key 'model.teacher_checkpoint' must end in final/model.safetensors when "

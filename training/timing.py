@@ -65,7 +65,7 @@ def teacher_weights(cfg: Config) -> str:
     if cfg.model.pretrained_teacher:
         return "timm pretrained"
     ckpt = cfg.model.teacher_checkpoint
-    return ckpt if ckpt and Path(ckpt).is_file() else "random (no checkpoint file)"
+    return ckpt if ckpt and Path(ckpt).exists() else "random (no checkpoint file)"  # a file or a folder
 
 
 def build_timed_run(cfg: Config, accelerator, num_classes: int, steps_per_epoch: int = 1000) -> Run:

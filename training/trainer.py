@@ -36,7 +36,7 @@ from .fastpath import (TeacherForward, apply_channels_last, compile_student, con
 from .features import FeatureDistill, resolve_layers
 from .distributed import make_accelerator, on_main
 from .guards import NonFiniteError, PeerTimeoutError, PreemptionFlag, RunStopped, is_collective_timeout
-from .models import create_model, state_mismatch, strip_prefixes
+from .models import create_model, shapes_mismatch
 from .optim import build_optimizer, build_scheduler
 from .step import DistillStep
 
@@ -228,17 +228,12 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     if differs and not cfg.resume_force:
         raise ValueError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
                          "resume_force=true resumes anyway")
-    own = {k: tuple(v.shape) for k, v in accelerator_free_state(student).items()}
-    mismatch = state_mismatch(own, ckpt.saved_model_shapes(path))
+    own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # as save_state wrote it (DDP: module.)
+    mismatch = shapes_mismatch(own, ckpt.saved_model_shapes(path))
     if mismatch:
         raise ValueError(f"resume={cfg.resume}: {path} holds another student than model.student="
                          f"{cfg.model.student}: {mismatch}")
     return path
-
-
-def accelerator_free_state(model: torch.nn.Module) -> dict:
-    """The state dict with the wrappers' prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) removed."""
-    return {strip_prefixes(k): v for k, v in model.state_dict().items()}
 
 
 def data_identity(data) -> dict:
@@ -300,7 +295,8 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     teacher = None
     if distill:
         teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
-                               checkpoint=cfg.model.teacher_checkpoint)
+                               checkpoint=cfg.model.teacher_checkpoint, weights=cfg.model.teacher_weights,
+                               trust=cfg.model.trust_checkpoint, log=accelerator.print)
         teacher.eval().requires_grad_(False)
 
     # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
