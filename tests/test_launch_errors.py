@@ -51,3 +51,32 @@ def test_one_error_line_and_exit_code_2(results, name):
     lines = stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][len("error: "):].strip(), stderr
     assert CASES[name][1] in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("state, job, expected", [("preempted", "77", 0), ("finished", "77", 0), ("failed", "77", 1),
+                                                  ("preempted", "12", 1)])
+def test_the_slurm_script_takes_its_exit_status_from_the_run(tmp_path, state, job, expected):
+    """examples/slurm/unixkd.sbatch: `accelerate launch` exits 1 on SIGTERM whatever its ranks did; the script
+    then asks `launch.py status` how this job's run ended. srun and scontrol are stand-ins here; the launcher
+    'exits 1' after the ranks wrote status.json."""
+    import json
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    out = tmp_path / "run"
+    out.mkdir()
+    info = {"state": state, "step": 9, "checkpoint": str(out / "checkpoints" / "step-9"), "slurm_job_id": job}
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nprintf '%s' '{json.dumps(info)}' > {out}/status.json\nexit 1\n")
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho node0\n")
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "node0"}
+    run = subprocess.run(["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml", f"out_dir={out}"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == expected, run.stdout + run.stderr
+    assert f"{out}: {state} at step 9" in run.stdout
+    missing = subprocess.run(["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "give out_dir=DIR" in missing.stderr
