@@ -191,7 +191,7 @@ def workers_of(proc: subprocess.Popen, n: int, timeout: float = 60) -> list[int]
     raise AssertionError(f"expected {n} worker processes of {proc.pid}")
 
 
-def test_sigterm_to_the_launcher_saves_and_status_says_preempted(tmp_path, digits_root, teacher_ckpt):
+def test_sigterm_to_the_launcher_saves_and_status_says_preempted(tmp_path, digits_root, teacher_ckpt, reference):
     """`accelerate launch` itself exits 1 on SIGTERM (torch elastic re-raises the signal after forwarding it);
     the ranks save and exit 0, and status.json is what a SLURM script tests (examples/slurm/unixkd.sbatch)."""
     proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, "train.preempt_check_every=1"))
@@ -208,6 +208,7 @@ def test_sigterm_to_the_launcher_saves_and_status_says_preempted(tmp_path, digit
     assert check.returncode == 0 and "preempted at step" in check.stdout
     finish(start(2, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "finished"
+    assert_same_weights(reference(2), tmp_path)
 
 
 def test_ctrl_c_saves_like_sigterm_then_resumes_bitwise(tmp_path, digits_root, teacher_ckpt, reference):
