@@ -312,3 +312,20 @@ def test_final_weights_are_swapped_in_whole(first_run):
     weights = load_file(str(out / "final" / "model.safetensors"))
     assert weights and all(torch.isfinite(v.float()).all() for v in weights.values())
     assert not (out / "final.tmp").exists() and not (out / "final.old").exists()
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_path, digits_root, teacher_ckpt,
+                                                                  capsys):
+    """resume=<step-2> in a folder that also holds step-4: step-4 is another future. Left in place it would
+    survive the resumed run's pruning as the 'newest' and a later resume=auto would continue the old run."""
+    out = Path(first_run.out_dir)
+    old_step4 = snapshot(out / "checkpoints" / "step-4")
+    step2 = out / "checkpoints" / "step-2"
+    train(small_config(tmp_path, digits_root, teacher_ckpt, f"resume={step2}", "train.max_steps=3",
+                       "train.checkpoint_every=1", "optim.lr=0.01"))
+    assert "moved to" in capsys.readouterr().out
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-2", "step-3"]
+    aside = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and snapshot(aside[0] / "step-4") == old_step4  # kept whole, out of the way
+    assert train(small_config(tmp_path, digits_root, teacher_ckpt, "resume=auto", "train.max_steps=4",
+                              "optim.lr=0.01"))["step"] == 4

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 from .distributed import on_main, wait_long
@@ -200,6 +201,26 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
     if notes:
         raise ValueError(f"resume=auto: no usable checkpoint in {checkpoint_root(out_dir)} ({'; '.join(notes)})")
     return None, []
+
+
+def set_aside_after(out_dir: str | Path, step: int) -> tuple[Path | None, list[str]]:
+    """Move the checkpoints newer than `step` (the one a run resumes from) into `checkpoints/superseded-<time>/`.
+
+    They belong to a future the resumed run abandons (an explicit resume of an older checkpoint, or damaged
+    ones passed over): left in place, the resumed run's pruning would keep them as the "newest" and a later
+    resume=auto would continue the abandoned run. Moved, not deleted."""
+    newer = [p for p in list_checkpoints(out_dir) if int(STEP_DIR.match(p.name).group(1)) > step]
+    if not newer:
+        return None, []
+    dest = checkpoint_root(out_dir) / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
+    dest.mkdir()
+    for p in newer:
+        p.rename(dest / p.name)
+    return dest, [p.name for p in newer]
 
 
 def saved_model_shapes(ckpt: Path) -> dict[str, tuple]:

@@ -103,6 +103,10 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
         data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
     if main:  # every check passed: from here on the folder describes this run
+        aside, names = ckpt.set_aside_after(out, step) if resume_from is not None else (None, [])
+        if aside is not None:
+            print(f"checkpoints after step {step} ({', '.join(names)}) moved to {aside}: this run continues from "
+                  f"step {step}; remove that folder when you no longer need it")
         dropped = run_dir.truncate_metrics(out, step)
         save_config(cfg, out / run_dir.CONFIG)
         run_dir.write_status(out, "running", step=step)
