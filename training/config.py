@@ -105,6 +105,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    # weight decay on biases and norm weights (1-d tensors) too: true is the authors' SGD (UNIX, TL, CRD code:
+    # every parameter decayed) and what the paper configs set; false (default) skips them, as timm does
+    decay_norm_and_bias: bool = False
     schedule: str = "step"  # step | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [30, 60])  # epochs, for "step"
     gamma: float = 0.1
