@@ -95,7 +95,9 @@ class LossConfig:
     feature: str = "none"  # none | at | sp: a feature loss on the same rows as KD
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
-    teacher_layers: list[str] = field(default_factory=list)  # module names; []: the last three stages
+    # module names; []: the CIFAR backbones' every stage (the authors' feat[1:-1]; unequal counts pair the first
+    # stages, as their zip), other models the last three stages
+    teacher_layers: list[str] = field(default_factory=list)
     student_layers: list[str] = field(default_factory=list)
 
 
