@@ -177,3 +177,18 @@ def test_two_nodes_on_loopback_cover_the_epoch_exactly_once(tmp_path):
     assert len(train0) == len(train1) == 40 and not set(train0) & set(train1)
     assert sorted(train0 + train1) == list(range(80))  # 80 = 2 * 5 * 8: nothing dropped, each sample once
     assert sorted(ranks[0]["val"] + ranks[1]["val"]) == list(range(80, 100))
+
+
+def test_tl_steps_through_ddp_equal_the_two_forward_reference(tmp_path):
+    """Two ranks, the student DDP-wrapped: a TL step (tlmixup with AT, tlcutmix_pick) is one DDP forward whose
+    module runs once per view, and matches the authors' two-forward loop with DDP's buffer broadcast and gradient
+    averaging written out by hand (tests/mp_views.py), on both ranks."""
+    proc = subprocess.Popen(launch_cmd(2) + [str(REPO / "tests" / "mp_views.py"), str(tmp_path)], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finish(proc, timeout=240)
+    ranks = [json.loads((tmp_path / f"views_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for r in ranks:
+        assert [(run["method"], run["num_batches_tracked"]) for run in r["runs"]] == [("tlmixup", 6),
+                                                                                      ("tlcutmix_pick", 9)]
+    assert ranks[0]["runs"][0]["loss"] != ranks[1]["runs"][0]["loss"]  # each rank trained on its own batches

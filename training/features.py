@@ -87,7 +87,12 @@ def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, stu
 
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: list[str]):
-    """`with capture(model, layers) as feats: model(x)` -> feats is the list of those modules' outputs, in order."""
+    """`with capture(model, layers) as feats: model(x)` -> feats is the list of those modules' outputs, in order.
+
+    A module that runs more than once in the context keeps its first output: a TL step runs the student's
+    forward on the main rows first, then on the extra view (`training.views`), and the features are the main
+    rows'.
+    """
     found = dict(model.named_modules())
     feats: list[Tensor | None] = [None] * len(layers)
     handles = []
@@ -95,7 +100,8 @@ def capture(model: nn.Module, layers: list[str]):
         def hook(module, inputs, output, i=i, layer=layer):
             if not isinstance(output, Tensor):
                 raise ValueError(f"feature layer '{layer}' returned {type(output).__name__}, not a tensor")
-            feats[i] = output
+            if feats[i] is None:
+                feats[i] = output
 
         handles.append(found[layer].register_forward_hook(hook))
     try:
