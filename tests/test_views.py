@@ -61,7 +61,9 @@ def authors_at(f_s, f_t):
         f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
     elif s_H < t_H:
         f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
-    at = lambda f: F.normalize(f.pow(2).mean(1).view(f.size(0), -1))  # noqa: E731
+    def at(f):
+        return F.normalize(f.pow(2).mean(1).view(f.size(0), -1))
+
     return (at(f_s) - at(f_t)).pow(2).mean()
 
 

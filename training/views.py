@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 
 class SeparateViews:
-    """`with views.split(sizes): model(x)`: `module`'s forward runs on each row block of x and the outputs are stacked."""
+    """`with views.split(sizes): model(x)`: `module`'s forward runs on each row block of x, outputs stacked."""
 
     def __init__(self, module: nn.Module):
         self.module = module
