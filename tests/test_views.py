@@ -223,6 +223,29 @@ def test_separate_views_leaves_state_dict_hooks_and_unsplit_calls_alone():
     assert "forward" not in vars(model)
 
 
+def test_an_instance_forward_is_split_through_and_put_back():
+    """Accelerate's mixed precision replaces `model.forward` on the instance (autocast + fp32 outputs): the
+    views run through that forward, and it is the module's forward again afterwards."""
+    import types
+
+    model = SmallBNNet().train()
+    calls = []
+
+    def wrapped(self, x):
+        calls.append(x.shape[0])
+        return type(self).forward(self, x) * 2
+
+    model.forward = types.MethodType(wrapped, model)
+    before = model.forward
+    x = torch.randn(6, 3, S, S)
+    with torch.no_grad(), SeparateViews(model).split((2, 4)):
+        out = model(x)
+    assert calls == [2, 4] and vars(model)["forward"] is before
+    with torch.no_grad():
+        torch.testing.assert_close(out, torch.cat([2 * nn.Sequential.forward(model, x[:2]),
+                                                   2 * nn.Sequential.forward(model, x[2:])]))
+
+
 class SmallBNNet(nn.Sequential):
     def __init__(self):
         super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
