@@ -32,6 +32,11 @@ def check_recipe(cfg, *, epochs, milestones, batch, lr):
     assert (cfg.train.epochs, cfg.optim.milestones, cfg.data.batch_size) == (epochs, milestones, batch)
     assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.loss.temperature) == (0.9, 5e-4, 4.0)
     assert cfg.optim.lr == lr
+    # the authors' SGD (UNIXKD student_v0.py / teacher.py, Good-DA-in-KD train_student.py): every parameter
+    # decayed, no nesterov, no warmup, x0.1 steps
+    assert cfg.optim.decay_norm_and_bias is True
+    assert (cfg.optim.nesterov, cfg.optim.warmup_epochs) == (False, 0.0)
+    assert (cfg.optim.schedule, cfg.optim.gamma) == ("step", 0.1)
 
 
 @pytest.mark.parametrize("path", CIFAR_CONFIGS, ids=lambda p: p.stem)

@@ -99,6 +99,7 @@ def test_imagenet_recipe_matches_the_paper(name, ce, kd):
     assert (cfg.train.epochs, cfg.optim.lr, cfg.optim.momentum) == (90, 0.1, 0.9)
     assert cfg.optim.schedule == "step" and cfg.optim.milestones == [30, 60] and cfg.optim.gamma == 0.1
     assert cfg.optim.weight_decay == pytest.approx(1e-4)
+    assert cfg.optim.decay_norm_and_bias is True and not cfg.optim.nesterov  # torchvision's reference SGD
     assert (cfg.loss.ce_weight, cfg.loss.kd_weight) == (ce, kd)
 
 

@@ -269,3 +269,18 @@ def test_a_stuck_rank_ends_the_job_within_the_step_timeout(tmp_path, digits_root
     assert waited < timeout_min * 60 + 90, waited  # the timeout, plus the launcher's 30 s grace and start-up
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "stopped" and status["checkpoint"]
+
+
+def test_tl_steps_through_ddp_equal_the_two_forward_reference(tmp_path):
+    """Two ranks, the student DDP-wrapped: a TL step (tlmixup with AT, tlcutmix_pick) is one DDP forward whose
+    module runs once per view, and matches the authors' two-forward loop with DDP's buffer broadcast and gradient
+    averaging written out by hand (tests/mp_views.py), on both ranks."""
+    proc = subprocess.Popen(launch_cmd(2) + [str(REPO / "tests" / "mp_views.py"), str(tmp_path)], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finish(proc, timeout=240)
+    ranks = [json.loads((tmp_path / f"views_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for r in ranks:
+        assert [(run["method"], run["num_batches_tracked"]) for run in r["runs"]] == [("tlmixup", 6),
+                                                                                      ("tlcutmix_pick", 9)]
+    assert ranks[0]["runs"][0]["loss"] != ranks[1]["runs"][0]["loss"]  # each rank trained on its own batches

@@ -82,6 +82,45 @@ def test_one_d_params_get_no_weight_decay():
                       0.0: {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)}}
 
 
+def test_decay_norm_and_bias_decays_every_trainable_param_in_the_same_two_groups():
+    net = Net()
+    default = build_optimizer(net, OptimConfig(lr=0.1, weight_decay=5e-4))
+    every = build_optimizer(net, OptimConfig(lr=0.1, weight_decay=5e-4, decay_norm_and_bias=True))
+    one_d = [id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)]
+    assert [[id(p) for p in g["params"]] for g in every.param_groups] == [
+        [id(net.conv.weight), id(net.fc.weight)], one_d]  # the same layout as the default: a resume loads either
+    assert [len(g["params"]) for g in every.param_groups] == [len(g["params"]) for g in default.param_groups]
+    assert [g["weight_decay"] for g in every.param_groups] == [5e-4, 5e-4]
+    assert [g["weight_decay"] for g in default.param_groups] == [5e-4, 0.0]
+    assert id(net.frozen.weight) not in {id(p) for g in every.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_decay_norm_and_bias_steps_as_plain_torch_sgd_over_model_parameters(nesterov):
+    """The authors' optimizer, `optim.SGD(model.parameters(), weight_decay=wd)`, is the reference: same weights
+    after several steps with momentum (BN weights and biases decayed too)."""
+    torch.manual_seed(0)
+    ours_net = Net()
+    ref_net = Net()
+    ref_net.load_state_dict(ours_net.state_dict())
+    wd, lr = 5e-2, 0.1
+    ours = build_optimizer(ours_net, OptimConfig(lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=wd,
+                                                 decay_norm_and_bias=True))
+    ref = torch.optim.SGD([p for p in ref_net.parameters() if p.requires_grad], lr=lr, momentum=0.9,
+                          nesterov=nesterov, weight_decay=wd)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for a, b in zip(ours_net.parameters(), ref_net.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=g)
+                b.grad = a.grad.clone()
+        ours.step()
+        ref.step()
+    for (name, a), b in zip(ours_net.named_parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert not torch.equal(ours_net.bn.weight, torch.ones(4))  # the BN weight moved (decay + gradient)
+
+
 def test_weight_decay_acts_on_weights_only():
     torch.manual_seed(0)
     net = Net()

@@ -23,7 +23,10 @@ class TinyNet(nn.Module):
         self.stage1 = nn.Conv2d(3, 4, 3, padding=1)
         self.stage2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
         self.head = nn.Linear(6, C)
-        self.calls = []  # (rows, grad enabled)
+        self.calls = []  # (rows, grad enabled) per run of forward()
+        self.module_calls = []  # (rows, grad enabled) per call of the module (what DDP would wrap)
+        self.register_forward_pre_hook(lambda m, args: m.module_calls.append((args[0].shape[0],
+                                                                              torch.is_grad_enabled())))
 
     def forward(self, x):
         self.calls.append((x.shape[0], torch.is_grad_enabled()))
@@ -92,8 +95,11 @@ def test_counts_match_what_the_models_ran(method):
     assert counts.batch == N
     assert counts.teacher == rows(teacher.calls)
     assert counts.student_fwd == rows(student.calls)
-    assert counts.student_bwd == rows(student.calls, grad=True)  # the rows of the one forward with grad
-    assert len([c for c in student.calls if c[1]]) == 1 and all(not g for _, g in teacher.calls)
+    assert counts.student_bwd == rows(student.calls, grad=True)  # the rows of the one call with grad
+    assert len([c for c in student.module_calls if c[1]]) == 1 and all(not g for _, g in teacher.calls)
+    # inside that one call: one forward per view (TL: the clean batch, then the extra view)
+    views = [n for n, g in student.calls if g]
+    assert views == ([N, counts.student_bwd - N] if method.startswith("tl") else [counts.student_bwd])
 
 
 @pytest.mark.parametrize("criterion,expected", [

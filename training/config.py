@@ -100,7 +100,9 @@ class LossConfig:
     feature: str = "none"  # none | at | sp: a feature loss on the same rows as KD
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
-    teacher_layers: list[str] = field(default_factory=list)  # module names; []: the last three stages
+    # module names; []: the CIFAR backbones' every stage (the authors' feat[1:-1]; unequal counts pair the first
+    # stages, as their zip), other models the last three stages
+    teacher_layers: list[str] = field(default_factory=list)
     student_layers: list[str] = field(default_factory=list)
 
 
@@ -110,6 +112,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    # weight decay on biases and norm weights (1-d tensors) too: true is the authors' SGD (UNIX, TL, CRD code:
+    # every parameter decayed) and what the paper configs set; false (default) skips them, as timm does
+    decay_norm_and_bias: bool = False
     schedule: str = "step"  # step | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [30, 60])  # epochs, for "step"
     gamma: float = 0.1

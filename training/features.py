@@ -1,9 +1,13 @@
 """Feature losses on intermediate layers: AT (attention transfer) and SP (similarity-preserving), and the taps.
 
-Layers are modules named as in `model.named_modules()`. Default: the outputs of the last three stages —
-timm models list their stages in `model.feature_info` (timm's feature-extraction table, the one
-`features_only` uses); torchvision models (`tv/` names) by family below. Features are captured with
-forward hooks during the ordinary forward, so the logits and the features come from ONE pass (and the
+Layers are modules named as in `model.named_modules()`. Default for the CIFAR backbones of the CRD
+benchmark (`training/backbones/`): every stage output, which is what the authors' code takes (CRD's
+`feat[1:-1]`, reused by UNIX: 3 maps for ResNets, WRNs and ShuffleNets, 4 for VGG, MobileNetV2 and
+ResNet50). Other models: the outputs of the last three stages — timm models list their stages in
+`model.feature_info` (timm's feature-extraction table, the one `features_only` uses); torchvision models
+(`tv/` names) by family below. When both sides take their defaults and the counts differ, the first
+min(n_t, n_s) of each are paired, as the authors' `zip(g_s, g_t)` does. Features are captured with forward
+hooks during the ordinary forward, so the logits and the features come from ONE pass (and the
 DDP-wrapped student is called as usual).
 
     AT (Zagoruyko & Komodakis; weight 1000):  a(f) = normalize(mean_c f², flattened per image);
@@ -20,6 +24,8 @@ import re
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones.base import CifarNet
+
 FEATURE_LOSSES = ("none", "at", "sp")
 
 # torchvision families: their stage modules, in order (the default takes the last three)
@@ -32,7 +38,14 @@ TV_STAGES = [
 
 
 def default_layers(name: str, model: nn.Module, count: int = 3) -> list[str]:
-    """The last `count` stage modules of `model` (config name `name`): timm's feature_info or the tv table."""
+    """The default feature layers of `model` (config name `name`).
+
+    A CIFAR backbone (CifarNet): every stage module, as the authors' AT takes `feat[1:-1]` of the model's
+    `is_feat=True` list (stem and pooled vector left out). Otherwise the last `count` stage modules:
+    timm's feature_info or the tv table.
+    """
+    if isinstance(model, CifarNet):
+        return [f["module"] for f in model.feature_info[1:]]  # feature_info[0] is the stem (the authors' f0)
     if name.startswith("tv/"):
         for pattern, stages in TV_STAGES:
             if pattern.match(name[3:]):
@@ -49,9 +62,16 @@ def default_layers(name: str, model: nn.Module, count: int = 3) -> list[str]:
 
 def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, student: nn.Module,
                    teacher_layers: list[str], student_layers: list[str]) -> tuple[list[str], list[str]]:
-    """The (teacher, student) layer lists: given ones or defaults; same count on both sides, names that exist."""
+    """The (teacher, student) layer lists: given ones or defaults; same count on both sides, names that exist.
+
+    Both defaults with different counts (e.g. a 3-stage ResNet teacher, a 4-stage VGG student): the first
+    min(n_t, n_s) of each, pairing the earliest stages as the authors' `zip(g_s, g_t)` does. A given list
+    must match the other side's count.
+    """
     t = list(teacher_layers) or default_layers(teacher_name, teacher)
     s = list(student_layers) or default_layers(student_name, student)
+    if not teacher_layers and not student_layers:
+        t, s = t[:len(s)], s[:len(t)]
     if len(t) != len(s):
         raise ValueError(f"feature layers: teacher {teacher_name} has {len(t)} ({', '.join(t)}) but student "
                          f"{student_name} has {len(s)} ({', '.join(s)}); set loss.teacher_layers and "
@@ -67,7 +87,12 @@ def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, stu
 
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: list[str]):
-    """`with capture(model, layers) as feats: model(x)` -> feats is the list of those modules' outputs, in order."""
+    """`with capture(model, layers) as feats: model(x)` -> feats is the list of those modules' outputs, in order.
+
+    A module that runs more than once in the context keeps its first output: a TL step runs the student's
+    forward on the main rows first, then on the extra view (`training.views`), and the features are the main
+    rows'.
+    """
     found = dict(model.named_modules())
     feats: list[Tensor | None] = [None] * len(layers)
     handles = []
@@ -75,7 +100,8 @@ def capture(model: nn.Module, layers: list[str]):
         def hook(module, inputs, output, i=i, layer=layer):
             if not isinstance(output, Tensor):
                 raise ValueError(f"feature layer '{layer}' returned {type(output).__name__}, not a tensor")
-            feats[i] = output
+            if feats[i] is None:
+                feats[i] = output
 
         handles.append(found[layer].register_forward_hook(hook))
     try:

@@ -11,12 +11,18 @@ from .config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on biases and norm parameters (1-d tensors), as timm does."""
-    decay, no_decay = [], []
+    """SGD with momentum. Two parameter groups: weights (≥ 2-d) and biases / norm parameters (1-d tensors).
+
+    The 1-d group is decayed only with `optim.decay_norm_and_bias` (the authors' `optim.SGD(model.parameters(),
+    weight_decay=wd)`, as the paper configs set it); by default it is not, as timm does. Both settings keep the
+    same two groups, so the optimizer's state has one layout whatever the setting.
+    """
+    decay, one_d = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (one_d if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": one_d, "weight_decay": cfg.weight_decay if cfg.decay_norm_and_bias else 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

@@ -4,13 +4,18 @@ The trainer calls the whole step; `bench` and `profile` call the same object, ph
 to time them, so what they measure is exactly what training runs.
 
 The rows a step trains on are the Selection's main rows `x` (KD, optional mixed-label CE, optional AT/SP)
-followed by its optional `extra` view (TL: KL only). Teacher and student each see them in ONE forward
-(main rows first), so DDP sees one forward per backward. `step_counts` turns a Selection into the images
-each network processed, for the cost ledger.
+followed by its optional `extra` view (TL: KL only). Teacher and student are each called ONCE on them (main
+rows first), so DDP sees one forward per backward. With an extra view the student's own forward runs on each
+view separately within that call (`training.views`), as the TL authors' two forwards: BatchNorm normalizes
+the clean batch and the view each with its own statistics and updates its running statistics twice. The
+teacher (eval mode: running statistics, no batch interaction) runs once on both, with the same logits as the
+authors' two teacher forwards. `step_counts` turns a Selection into the images each network processed, for
+the cost ledger.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +27,7 @@ from selection import LossWeights
 from .features import FeatureDistill, capture, no_capture
 from .guards import NonFiniteError, all_finite
 from .losses import distill_loss, kd_loss
+from .views import SeparateViews
 
 
 @dataclass
@@ -63,6 +69,7 @@ class DistillStep:
         self.student = student  # as prepared by Accelerate (DDP-wrapped on several processes)
         self.scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
         self.student_call = student  # the training forward (torch.compile'd with train.compile_student)
+        self.views = SeparateViews(self.scorer)  # a TL step: the student's forward once per view, in one call
         self.teacher = teacher
         self.teacher_call = teacher  # how the teacher's forward runs (training.fastpath.TeacherForward on CUDA)
         self.optimizer, self.scheduler, self.selector = optimizer, scheduler, selector
@@ -97,10 +104,13 @@ class DistillStep:
         if isinstance(t, Tensor):
             t = TeacherOut(t)
         k = sel.x.shape[0]
-        x = sel.x if sel.extra is None else torch.cat([sel.x, sel.extra])
+        if sel.extra is None:
+            x, views = sel.x, contextlib.nullcontext()
+        else:  # one call (one DDP forward), the module's forward on the clean rows, then on the view
+            x, views = torch.cat([sel.x, sel.extra]), self.views.split((k, sel.extra.shape[0]))
         w = sel.weights or LossWeights(ce=self.ce_weight, kd=self.kd_weight, extra_kd=0.0)
         with self.accelerator.autocast():
-            with self._tap(self.scorer, "student") as feats:
+            with self._tap(self.scorer, "student") as feats, views:
                 s_logits = self.student_call(x)
             t_logits = None if t is None else t.logits
             loss = distill_loss(s_logits[:k], None if t is None else t_logits[:k], sel,
