@@ -91,7 +91,8 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     step_fn.on_select = sampling.observe  # which classes (and images) each step trains on
 
     fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
-                   "method": cfg.selection.method, "student": cfg.model.student, **data_identity(data)}
+                   "method": cfg.selection.method, "student": cfg.model.student, **data_identity(data),
+                   **optimizer_identity(cfg)}
     resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, student, fingerprint))
     step, epoch, start_batch, data_state = 0, 0, 0, None
     if resume_from is not None:
@@ -231,13 +232,21 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     differs = [f"{k}={saved[k]!r} (this run: {fingerprint.get(k)!r})" for k in saved if saved[k] != fingerprint.get(k)]
     if differs and not cfg.resume_force:
         raise ValueError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
-                         "resume_force=true resumes anyway")
+                         "resume_force=true resumes anyway (the optimizer keeps its saved settings)")
     own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # as save_state wrote it (DDP: module.)
     mismatch = shapes_mismatch(own, ckpt.saved_model_shapes(path))
     if mismatch:
         raise ValueError(f"resume={cfg.resume}: {path} holds another student than model.student="
                          f"{cfg.model.student}: {mismatch}")
     return path
+
+
+def optimizer_identity(cfg: Config) -> dict:
+    """The optimizer settings a resume cannot change: Accelerate restores the saved param groups (lr, momentum,
+    weight decay), so a new value in the config would be ignored while config.yaml claimed it."""
+    o = cfg.optim
+    return {f"optim.{k}": getattr(o, k) for k in ("lr", "momentum", "nesterov", "weight_decay",
+                                                  "decay_norm_and_bias")}
 
 
 def data_identity(data) -> dict:
