@@ -329,3 +329,26 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_p
     aside = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("superseded-")]
     assert len(aside) == 1 and snapshot(aside[0] / "step-4") == old_step4  # kept whole, out of the way
     assert train(small_config(tmp_path, digits_root, teacher_ckpt, "resume=auto", "train.max_steps=4"))["step"] == 4
+
+
+@pytest.mark.parametrize("where", ["run", "run/checkpoints"])
+def test_resume_pointed_at_a_run_folder_says_which_folder_to_name(first_run, tmp_path, digits_root, teacher_ckpt,
+                                                                  where):
+    with pytest.raises(ValueError, match=rf"a run's folder, not one checkpoint; use resume=auto with "
+                                         rf"out_dir={tmp_path / 'run'}, or name one of its checkpoints/step-N"):
+        train(small_config(tmp_path, digits_root, teacher_ckpt, f"resume={tmp_path / where}", "train.max_steps=6"))
+
+
+def test_resuming_a_finished_run_rewrites_its_final_row_instead_of_repeating_it(first_run, tmp_path, digits_root,
+                                                                                teacher_ckpt):
+    train(small_config(tmp_path, digits_root, teacher_ckpt, *FIRST, "resume=auto"))  # nothing left to train
+    rows = read_rows(first_run.out_dir)
+    assert [r["step"] for r in rows if r.get("final")] == [4]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_out_dir_that_is_a_file_is_one_line(tmp_path, digits_root, teacher_ckpt):
+    (tmp_path / "run").write_text("my notes")
+    with pytest.raises(ValueError, match=r"out_dir=.*run is a file, not a folder"):
+        train(small_config(tmp_path, digits_root, teacher_ckpt))
+    assert (tmp_path / "run").read_text() == "my notes"

@@ -186,6 +186,10 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
         path = Path(resume).expanduser()
         if not path.is_dir():
             raise ValueError(f"resume={resume}: no such checkpoint folder")
+        run = path if list_checkpoints(path) else path.parent if list_checkpoints(path.parent) else None
+        if run is not None and (run == path or path.name == "checkpoints"):  # a run's folder, or its checkpoints/
+            raise ValueError(f"resume={resume}: a run's folder, not one checkpoint; use resume=auto with "
+                             f"out_dir={run}, or name one of its checkpoints/step-N folders")
         problem = checkpoint_problem(path, world_size)
         if problem:
             raise ValueError(f"resume={resume}: cannot resume from this checkpoint: {problem}")

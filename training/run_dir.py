@@ -96,6 +96,8 @@ def claim(cfg: Config) -> tuple[OutDirLock, list[str]]:
     """Main process, before any work: create out_dir, check it is writable, lock it, and check that this run
     may use it (moving an old run aside with overwrite=true). Returns the lock and lines to print."""
     out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -125,8 +127,8 @@ def _check_owner(cfg: Config, out: Path) -> list[str]:
         if not differs:
             return [f"out_dir={out} holds this job without a complete checkpoint: starting it over"]
         why = f"a run without a complete checkpoint whose config differs ({differs})"
-    elif cfg.resume != "none" and _inside(Path(cfg.resume), ckpt.checkpoint_root(out)):
-        return []  # resume one of this out_dir's own checkpoints
+    elif cfg.resume != "none" and _inside(Path(cfg.resume), out):
+        return []  # resume one of this out_dir's own checkpoints (find_resume checks which)
     else:
         why = "another run (" + ", ".join(used) + ")"
     raise ValueError(f"out_dir={out} holds {why}: resume it with resume=auto, pick another out_dir, or set "
@@ -185,7 +187,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def truncate_metrics(out: Path, step: int) -> int:
     """Keep the rows of metrics.jsonl up to `step` (the checkpoint a run resumes from; 0 for a start over);
-    returns how many rows were dropped (rows of steps about to be redone, and a partial last line)."""
+    returns how many rows were dropped (rows of steps about to be redone, a final summary at `step` that the
+    resumed run writes again, and a partial last line)."""
     path = out / METRICS
     if not path.is_file():
         return 0
@@ -196,7 +199,8 @@ def truncate_metrics(out: Path, step: int) -> int:
         except ValueError:  # a line cut short by a kill
             dropped += 1
             continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
+        redone = row.get("step", 0) > step or (row.get("final") and row.get("step") == step)  # a final: rewritten
+        if isinstance(row, dict) and not redone:
             kept.append(line if line.endswith("\n") else line + "\n")
         else:
             dropped += 1

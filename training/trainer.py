@@ -189,31 +189,32 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
                 log.write({"step": step, "epoch": epoch - 1, **result, **cost_fields()})
             if epoch_done and not cfg.train.checkpoint_every:
                 save(start_batch, epoch)
-    bar.close()
-    if sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
-        sampling.end_epoch(accelerator)
+        bar.close()
+        if sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
+            sampling.end_epoch(accelerator)
 
-    # --- the end: final checkpoint, then (unless preempted) student weights and evaluation -------------
-    latest = ckpt.latest_checkpoint(out)
-    if not (latest and latest.name == f"step-{step}"):
-        latest = save(start_batch, epoch, stop_state)
-    if preempted:
-        summary = {"step": step, "epoch": epoch, "preempted": True, "signal": preemption.signal_name,
-                   "checkpoint": str(latest), **cost_fields()}
+        # --- the end: final checkpoint, then (unless preempted) student weights and evaluation ---------
+        # (still under the flag: a signal now lets the end finish instead of killing it half-way)
+        latest = ckpt.latest_checkpoint(out)
+        if not (latest and latest.name == f"step-{step}"):
+            latest = save(start_batch, epoch, stop_state)
+        if preempted:
+            summary = {"step": step, "epoch": epoch, "preempted": True, "signal": preemption.signal_name,
+                       "checkpoint": str(latest), **cost_fields()}
+            log.write(summary)
+            accelerator.wait_for_everyone()
+            return summary
+        ckpt.save_final(accelerator, student, out)
+        last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
+        result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
+        summary = {"step": step, "epoch": epoch, "final": True, **result, "checkpoint": str(latest),
+                   **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
+        if run.teacher is not None:
+            t_eval = evaluate(run.teacher, data.val, accelerator)
+            summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
         log.write(summary)
         accelerator.wait_for_everyone()
         return summary
-    ckpt.save_final(accelerator, student, out)
-    last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
-    result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
-    summary = {"step": step, "epoch": epoch, "final": True, **result, "checkpoint": str(latest),
-               **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
-    if run.teacher is not None:
-        t_eval = evaluate(run.teacher, data.val, accelerator)
-        summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
-    log.write(summary)
-    accelerator.wait_for_everyone()
-    return summary
 
 
 def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint: dict) -> Path | None:
