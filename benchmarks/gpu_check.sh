@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, from the repo root: the GPU tests (CUDA graphs against eager, no host syncs, DALI mixed
-# decode against CPU mode, fp16/channels_last delivery), results under $OUT (default: ./gpu-out).
+# decode against CPU mode, fp16/channels_last delivery, the val pipeline against torchvision's eval transform),
+# results under $OUT (default: ./gpu-out), and the val preprocessing parity on the GPU ($OUT/preprocess_parity_gpu.json).
 # Needs .gpu/ from benchmarks/gpu_prepare.sh (carried with the working tree) and, for the DALI tests, DALI in
 # /root/dali (../shared/device/README.md); without DALI those tests skip or fail, and the log says which.
 set -uo pipefail
@@ -20,4 +21,8 @@ python3 -c "import torch, timm, accelerate; print('torch', torch.__version__, to
     > "$OUT/versions.txt" 2>&1
 python3 -m pytest -q -rs -p no:cacheprovider --junitxml "$OUT/gpu_tests.xml" \
     tests/test_fastpath.py tests/test_syncs.py tests/test_pipeline_fastpath.py tests/test_unix.py \
+    tests/test_pipeline.py tests/test_preprocess.py \
     "$@" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+python3 benchmarks/preprocess_parity.py --device gpu --sources .gpu/photos --photos /tmp/parity_photos \
+    --json "$OUT/preprocess_parity_gpu.json" --label "GPU mode (mixed decode)" > "$OUT/preprocess_parity_gpu.log" 2>&1
+tail -3 "$OUT/preprocess_parity_gpu.log"

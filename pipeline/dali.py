@@ -49,6 +49,8 @@ else:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEVICES = ("auto", "cpu", "gpu")
+INTERPOLATIONS = ("bilinear", "bicubic")  # the val resize filters (graphs.INTERP_TYPES), named as timm/torchvision do
+VAL_CROP_MODES = ("center", "squash")  # timm's eval crop modes that the val graph implements ("border" is not)
 # The largest image in ImageNet's train set (width, height). DALI's ResNet-50 examples pass it as the decoder's
 # preallocate hints "to make sure that the out of the box performance is good" (NVIDIA/DALI#3029): the hardware
 # decoder's buffers are sized once up front instead of being reallocated mid-epoch when a bigger photo arrives.
@@ -80,7 +82,9 @@ class DaliLoader:
         hflip: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
-        val_resize_ratio: float = 0.875,
+        val_resize_ratio: float = 0.875,  # timm's crop_pct: resize to floor(image_size / ratio), then crop
+        val_interpolation: str = "bilinear",  # val resize filter, one of INTERPOLATIONS
+        val_crop_mode: str = "center",  # one of VAL_CROP_MODES
         prefetch: int = 2,
         pad: int | None = None,  # pad-and-crop recipe for small S×S images (Tiny-ImageNet); see graphs.py
         dtype: str | torch.dtype = "float32",  # of the yielded images: float32 or float16
@@ -89,6 +93,11 @@ class DaliLoader:
         _check_args(len(index.files), batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch)
         if not 0.0 < val_resize_ratio <= 1.0:
             raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
+        if val_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"val_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {val_interpolation!r}")
+        if val_crop_mode not in VAL_CROP_MODES:
+            raise ValueError(f"val_crop_mode must be one of {', '.join(VAL_CROP_MODES)}, got {val_crop_mode!r}")
         if pad is not None and pad < 0:
             raise ValueError(f"pad must be >= 0 or None, got {pad}")
         if not 0.0 <= hw_decoder_load <= 1.0:
@@ -128,6 +137,8 @@ class DaliLoader:
             std=tuple(std),
             val_resize_ratio=val_resize_ratio,
             pad=pad,
+            val_interpolation=val_interpolation,
+            val_crop_mode=val_crop_mode,
         )
         self.epoch = 0
         self.start_batch = 0  # applies to the next __iter__ only, then back to 0

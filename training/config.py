@@ -40,7 +40,15 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
-    val_resize_ratio: float = 0.875
+    # The val transform and the normalization the teacher expects (training/preprocess.py). "auto": on a folder
+    # dataset, what timm resolves from a timm teacher's pretrained cfg (crop_pct, interpolation, crop_mode, mean, std),
+    # else torchvision's ImageNet eval transform (Resize 256 / CenterCrop 224 = 0.875, bilinear, ImageNet mean/std);
+    # digits, CIFAR and Tiny-ImageNet keep their fixed stats. An explicit value wins.
+    val_resize_ratio: Union[float, str] = "auto"  # timm's crop_pct: val resizes to floor(image_size / ratio), in (0, 1]
+    val_interpolation: str = "auto"  # auto | bilinear | bicubic (val resize filter, antialiased like PIL)
+    val_crop_mode: str = "auto"  # auto | center (shorter side to the resize target) | squash (both sides to it)
+    mean: Union[list[float], str] = "auto"  # per RGB channel in 0..1; train and val (one normalization for both)
+    std: Union[list[float], str] = "auto"
     file_list: str = ""  # optional: only these files (paths relative to root, e.g. from `launch.py scan`)
     preflight: bool = True  # check every file (exists, non-empty, JPEG/PNG magic) before training starts
     skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
@@ -168,6 +176,8 @@ CHOICES = {
     "data.dataset": ("folder", "digits", "cifar10", "cifar100", "tinyimagenet"),
     "data.cifar_loader": ("dali", "tensor"),
     "data.dali_device": ("auto", "cpu", "gpu"),
+    "data.val_interpolation": ("auto", "bilinear", "bicubic"),
+    "data.val_crop_mode": ("auto", "center", "squash"),
     "model.teacher_weights": ("auto", "ema", "plain"),
     "selection.method": ("none", "kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup",
                          "tlcutmix", "tlcutmix_pick"),
@@ -364,7 +374,12 @@ def validate(cfg: Config) -> None:
          "[min, max] with 0 < min <= max <= 1", d.crop_scale)
     need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
          "[min, max] with 0 < min <= max", d.crop_ratio)
-    need(0 < d.val_resize_ratio <= 1, "data.val_resize_ratio", "in (0, 1]", d.val_resize_ratio)
+    need(d.val_resize_ratio == "auto" or (isinstance(d.val_resize_ratio, float) and 0 < d.val_resize_ratio <= 1),
+         "data.val_resize_ratio", "auto or a number in (0, 1]", d.val_resize_ratio)
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        need(values == "auto" or (isinstance(values, list) and len(values) == 3), key,
+             "auto or three numbers (R, G, B in 0..1 units)", values)
+    need(d.std == "auto" or all(v > 0 for v in d.std), "data.std", "auto or three numbers > 0", d.std)
     if d.output_dtype == "float16" and cfg.mixed_precision == "no":  # fp16 inputs to fp32 weights fail at layer 1
         raise ConfigError("data.output_dtype=float16 needs mixed_precision bf16 or fp16")
     if t.compile_student != "none" and cfg.loss.feature != "none":  # AT/SP hook the student's layers each step

@@ -13,6 +13,7 @@ from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex
 from pipeline.cifar import STATS as CIFAR_STATS
 
 from .config import Config
+from .preprocess import Preprocess, resolve_preprocess
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Data:
     val: DaliLoader | ArrayDaliLoader | TensorLoader
     classes: list[str]
     root: Path
+    preprocess: Preprocess | None = None  # the resolved val transform and normalization (training/preprocess.py)
 
 
 def dataset_root(cfg: Config) -> Path:
@@ -66,6 +68,9 @@ def build_data(cfg: Config, accelerator) -> Data:
         train_index, val_index = checked(train_index, val_index, cfg, Path(root).resolve(), accelerator)
     d = cfg.data
     pad = d.crop_padding if d.dataset == "tinyimagenet" else None  # Tiny-ImageNet: CIFAR-style pad-and-crop
+    preprocess = resolve_preprocess(cfg)  # what the teacher expects: val resize/crop/filter, mean/std for both
+    if accelerator.is_main_process and pad is None:
+        print(preprocess.describe(d.image_size))
     common = dict(
         image_size=d.image_size,
         num_shards=accelerator.num_processes,
@@ -78,14 +83,14 @@ def build_data(cfg: Config, accelerator) -> Data:
         hw_decoder_load=d.hw_decoder_load,
         # full-size photos (ImageNet-style folders): size the hardware decoder's buffers for the largest up front
         preallocate_hint=IMAGENET_LARGEST if d.dataset == "folder" else None,
-        val_resize_ratio=d.val_resize_ratio,
         pad=pad,
+        **preprocess.loader_kwargs(),
         **output_format(cfg, accelerator),
     )
     train = DaliLoader(train_index, train=True, batch_size=d.batch_size, crop_scale=tuple(d.crop_scale),
                        crop_ratio=tuple(d.crop_ratio), hflip=d.hflip, **common)
     val = DaliLoader(val_index, train=False, batch_size=d.val_batch_size or d.batch_size, **common)
-    return Data(train=train, val=val, classes=train_index.classes, root=Path(root))
+    return Data(train=train, val=val, classes=train_index.classes, root=Path(root), preprocess=preprocess)
 
 
 def read_file_list(path: str, root: Path) -> set[str]:
@@ -126,7 +131,8 @@ def build_cifar_data(cfg: Config, accelerator, root: Path) -> Data:
     """CIFAR-10/100 in memory; the test split is the val set. `data.cifar_loader` picks DALI or the tensor loader."""
     d = cfg.data
     train_arrays, test_arrays = read_cifar(root, d.dataset, "train"), read_cifar(root, d.dataset, "test")
-    mean, std = CIFAR_STATS[d.dataset]
+    preprocess = resolve_preprocess(cfg)  # CIFAR's own mean/std unless data.mean/data.std are set
+    mean, std = preprocess.mean, preprocess.std
     common = dict(num_shards=accelerator.num_processes, shard_id=accelerator.process_index, seed=cfg.seed,
                   pad=d.crop_padding, hflip=d.hflip, mean=mean, std=std, target_device=accelerator.device,
                   **output_format(cfg, accelerator))
@@ -138,4 +144,4 @@ def build_cifar_data(cfg: Config, accelerator, root: Path) -> Data:
         loader = TensorLoader
     train = loader(train_arrays, train=True, batch_size=d.batch_size, **common)
     val = loader(test_arrays, train=False, batch_size=d.val_batch_size or d.batch_size, **common)
-    return Data(train=train, val=val, classes=train_arrays.classes, root=Path(root))
+    return Data(train=train, val=val, classes=train_arrays.classes, root=Path(root), preprocess=preprocess)
