@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelError, ValueError, FileNotFoundError, ImportError) as e:
         if os.environ.get("UNIXKD_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except RunStopped as e:  # NaN, a checkpoint that cannot be written, a peer that hangs: last checkpoint intact
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 3
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         print("interrupted", file=sys.stderr)
@@ -269,6 +269,12 @@ def cmd_profile(args) -> int:
     png = Path(args.out) / "profile.png"
     print(f"wrote {args.out}/profile.json" + (f", {png}" if png.is_file() else ""))
     return 0
+
+
+def _error(e: Exception) -> None:
+    """One line on stderr; an error the main process found and handed to every rank is printed by it alone."""
+    if not getattr(e, "relayed_from_main", False):
+        print(f"error: {e}", file=sys.stderr)
 
 
 def _is_main() -> bool:

@@ -284,3 +284,14 @@ def test_tl_steps_through_ddp_equal_the_two_forward_reference(tmp_path):
         assert [(run["method"], run["num_batches_tracked"]) for run in r["runs"]] == [("tlmixup", 6),
                                                                                       ("tlcutmix_pick", 9)]
     assert ranks[0]["runs"][0]["loss"] != ranks[1]["runs"][0]["loss"]  # each rank trained on its own batches
+
+
+def test_a_refusal_on_two_ranks_is_one_line_from_the_main_process(tmp_path, digits_root, teacher_ckpt):
+    """The main process checks out_dir; the other rank gets its verdict instead of waiting at a collective,
+    and the line is printed once, not once per rank."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')  # another run's record
+    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert out.count("error: out_dir=") == 1, out[-3000:]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'

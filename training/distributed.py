@@ -82,5 +82,7 @@ def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T:
         dist.broadcast_object_list(box, src=0, group=group, device=device)
         result, error = box
     if error is not None:
+        if not accelerator.is_main_process:
+            error.relayed_from_main = True  # launch.py prints it once, on the main process
         raise error
     return result

@@ -93,7 +93,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "method": cfg.selection.method, "student": cfg.model.student, **data_identity(data),
                    **optimizer_identity(cfg)}
-    resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, student, fingerprint))
+    resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, accelerator.unwrap_model(student), fingerprint))
     step, epoch, start_batch, data_state = 0, 0, 0, None
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from, accelerator.process_index)
@@ -219,7 +219,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
 
 def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint: dict) -> Path | None:
     """Main process, before anything is loaded or written: the disk can hold the checkpoints, and the checkpoint
-    to resume from (if any) is intact, was saved by the same kind of run, and holds this student."""
+    to resume from (if any) is intact, was saved by the same kind of run, and holds this (unwrapped) student."""
     need = _checkpoint_bytes(student, cfg.train.keep_checkpoints)
     free = shutil.disk_usage(out).free
     if free < need:
@@ -234,7 +234,7 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     if differs and not cfg.resume_force:
         raise ValueError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
                          "resume_force=true resumes anyway (the optimizer keeps its saved settings)")
-    own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # as save_state wrote it (DDP: module.)
+    own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # the unwrapped module's names
     mismatch = shapes_mismatch(own, ckpt.saved_model_shapes(path))
     if mismatch:
         raise ValueError(f"resume={cfg.resume}: {path} holds another student than model.student="
