@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import re
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Iterator
@@ -163,17 +164,23 @@ class DaliLoader:
 
     def state_dict(self) -> dict:
         """Where the running epoch stands: the epoch, DALI's checkpoint (base64 text, JSON-safe; None when
-        no epoch is running) and the batch of the epoch it continues from (None when unknown)."""
+        no epoch is running), the batch of the epoch it continues from (None when unknown) and the size of the
+        file list it indexes."""
         running = self._running() if self._running is not None else None
         cpt = running.checkpoint() if running is not None else None
         return {"epoch": self.epoch, "dali": base64.b64encode(cpt).decode() if cpt is not None else None,
-                "batch": running.position if running is not None else None}
+                "batch": running.position if running is not None else None, "files": len(self.index.files)}
 
     def load_state_dict(self, state: dict) -> None:
         """The next ``__iter__`` continues the saved epoch exactly (or starts it, if nothing was running)."""
         self.set_epoch(state["epoch"])
         self._restore = base64.b64decode(state["dali"]) if state["dali"] is not None else None
         self._restore_batch = state.get("batch")  # absent in checkpoints written before it was saved
+        saved = state.get("files")
+        if self._restore is not None and saved is not None and saved != len(self.index.files):
+            warnings.warn(f"the file list has {len(self.index.files)} files, {saved} when this epoch was saved (the "
+                          f"folder or data.file_list changed): the rest of epoch {self.epoch} follows another order, "
+                          "not the one the interrupted run would have read", stacklevel=2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(images [B,3,S,S] of ``dtype``, labels [B] int64)`` on ``target_device``."""
