@@ -3,7 +3,7 @@
     python launch.py train   --config configs/demo.yaml [key=value ...]
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
-    python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
+    python launch.py scan    /data/imagenet [--write-clean-list clean.txt] [--dali]
     python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    p.add_argument("--dali", action="store_true",
+                   help="decode the files PIL reads once more with DALI's CPU decoder (finds the files DALI rejects "
+                        "or crashes on; ~1.5x the time)")
     p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
     p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
     add_measure_commands(sub)
@@ -164,7 +167,7 @@ def _scan(args) -> int:
 
     if args.write_clean_list is not None:  # before the decode pass, which takes hours on ImageNet
         check_writable_file(args.write_clean_list, "--write-clean-list")
-    report = scan_tree(args.path, workers=args.workers)
+    report = scan_tree(args.path, workers=args.workers, dali=args.dali)
     for bad in report.bad:
         print(f"bad    {bad.path}: {bad.problem}")
     for cls in report.empty_classes:

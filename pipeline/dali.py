@@ -42,7 +42,7 @@ import torch
 
 from .folder import FolderIndex
 from .output_format import dtype_name, nchw_view
-from .scan import BadFile, BadImageError, find_bad_file
+from .scan import BadFile, BadImageError, dali_reason, find_bad_file
 from .sharding import (augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices,
                        train_batches_per_rank)
 
@@ -347,27 +347,17 @@ class _FaultFinder:
         bad = find_bad_file(candidates, message) or _dali_decode_problem(candidates)
         if bad is None:  # e.g. a file only the GPU decoder rejects, or a position unknown after an old checkpoint
             tried = f"none of the {len(candidates)} files it was reading fails to decode alone; " if candidates else ""
-            return BadImageError(f"DALI failed reading {where}: {_dali_reason(message)}; {tried}if it is a broken "
+            return BadImageError(f"DALI failed reading {where}: {dali_reason(message)}; {tried}if it is a broken "
                                  f"file, {scan} (UNIXKD_DEBUG=1 shows DALI's traceback)")
         if bad.problem.startswith("DALI cannot decode it"):
-            fix = ("scan's PIL decode passes it, so leave it out: delete or replace the file, or drop its line from "
-                   "data.file_list")
+            fix = (f"PIL reads it, so only `python launch.py scan {root} --dali --write-clean-list clean.txt` lists "
+                   "it: delete or replace the file, or train with that clean list")
         elif bad.problem.startswith("missing"):
             fix = f"the folder changed after the pre-flight; restore the file or {scan}"
         else:
             fix = scan
         return BadImageError(f"{bad.path}: {bad.problem} (DALI stopped on it in {where}); {fix}",
                              path=bad.path, problem=bad.problem)
-
-
-def _dali_reason(message: str) -> str:
-    """The line of a DALI error that says what went wrong (after its traceback of the pipeline definition)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    after = lines.index("encountered:") + 1 if "encountered:" in lines else 0
-    for line in lines[after:]:
-        if not line.startswith(("Critical error", "Current pipeline", "C++ context")):
-            return line[:200]
-    return lines[0][:200] if lines else "no message"
 
 
 def _dali_decode_problem(files: list[str]) -> BadFile | None:
@@ -388,7 +378,7 @@ def _dali_decode_problem(files: list[str]) -> BadFile | None:
             try:
                 pipe.run()
             except RuntimeError as err:
-                return BadFile(path, f"DALI cannot decode it (PIL can): {_dali_reason(str(err))}")
+                return BadFile(path, f"DALI cannot decode it (PIL can): {dali_reason(str(err))}")
     finally:
         getattr(pipe, "_shutdown", lambda: None)()
     return None

@@ -12,8 +12,13 @@ DALI cannot skip a corrupt image mid-epoch (the pipeline is dead after the error
   corrupt files, files that are not images, class folders with no images and class folders that only one of
   train/ and val/ has.
 
-What neither catches: damage inside the compressed data of a JPEG with intact head and tail. libjpeg (PIL) and
-DALI's CPU decoder both decode such a file to garbage pixels without an error. What they do fail on (a broken
+  With ``dali=True`` (``scan --dali``) every file PIL reads is decoded once more with DALI's own CPU decoder, in
+  worker processes that a crash cannot take down with the scan: PIL and DALI disagree on some broken files
+  (libjpeg papers over a damaged Huffman-table marker that DALI refuses), and DALI 2.4 can *segfault* on such a
+  file when it decodes it within a multi-threaded batch — a training run then dies without a message.
+
+What none of them catches: damage inside the compressed data of a JPEG with intact head and tail. libjpeg (PIL)
+and DALI's CPU decoder both decode such a file to garbage pixels without an error. What they do fail on (a broken
 marker segment, a damaged PNG stream) stops DALI mid-epoch; the loader then names the file
 (``DaliLoader`` → ``find_bad_file``) and raises ``BadImageError``.
 """
@@ -187,10 +192,11 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent may have a handler; Pool.terminate sends SIGTERM
 
 
-def scan_tree(root: str | Path, workers: int | None = None, *, progress_every: int = PROGRESS_EVERY,
-              log=None) -> ScanReport:
+def scan_tree(root: str | Path, workers: int | None = None, *, dali: bool = False,
+              progress_every: int = PROGRESS_EVERY, log=None) -> ScanReport:
     """Decode every image under ``root/<split>/<class>/`` (splits: the subfolders of root; Tiny-ImageNet's
-    layout when ``root/wnids.txt`` exists). Progress goes to ``log`` (stderr) every ``progress_every`` images.
+    layout when ``root/wnids.txt`` exists) with PIL, and with ``dali`` the ones PIL reads once more with DALI.
+    Progress goes to ``log`` (stderr) every ``progress_every`` images.
 
     Ctrl-C (KeyboardInterrupt) stops the workers and raises ``ScanInterrupted``: nothing half-done is returned.
     """
@@ -221,7 +227,109 @@ def scan_tree(root: str | Path, workers: int | None = None, *, progress_every: i
                           f"~{(len(images) - done) / rate / 60:.0f} min left)", file=log, flush=True)
     except KeyboardInterrupt:
         raise ScanInterrupted(done, len(images)) from None
+    if dali and report.good:
+        rejected = dali_problems([os.path.join(root, rel) for rel in report.good], workers,
+                                 progress_every=progress_every, log=log)
+        report.bad += [BadFile(report.good[i], problem) for i, problem in sorted(rejected.items())]
+        report.good = [rel for i, rel in enumerate(report.good) if i not in rejected]
     return report
+
+
+def dali_reason(message: str) -> str:
+    """The line of a DALI error that says what went wrong (after its traceback of the pipeline definition)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    after = lines.index("encountered:") + 1 if "encountered:" in lines else 0
+    for line in lines[after:]:
+        if not line.startswith(("Critical error", "Current pipeline", "C++ context")):
+            return line[:200]
+    return lines[0][:200] if lines else "no message"
+
+
+def dali_problems(paths: list[str], workers: int, *, progress_every: int = PROGRESS_EVERY, log=None) -> dict[int, str]:
+    """DALI's CPU decoder over ``paths``, one file at a time: {index: problem} for the files it rejects or crashes on.
+
+    Each worker process takes a contiguous share and publishes the index it is decoding before it decodes it, so a
+    worker killed by a signal (DALI segfaulting on a file) names that file; a fresh worker resumes after it.
+    """
+    log = log or sys.stderr
+    ctx = multiprocessing.get_context("fork")  # the children need no imports of their own; nothing runs threads
+    results = ctx.SimpleQueue()
+    bounds = [len(paths) * k // workers for k in range(workers + 1)]
+    shares = [(lo, hi, ctx.Value("q", lo - 1)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+    def start(lo: int, hi: int, at):
+        proc = ctx.Process(target=_dali_worker, args=(paths, lo, hi, at, results), daemon=True)
+        proc.start()
+        return proc
+
+    running = {k: start(lo, hi, at) for k, (lo, hi, at) in enumerate(shares)}
+    problems: dict[int, str] = {}
+    if len(paths) >= progress_every:
+        print(f"scan: decoding {len(paths)} images again with DALI ({len(shares)} processes)", file=log, flush=True)
+    reported = 0
+    try:
+        while running:
+            for k, proc in list(running.items()):
+                proc.join(timeout=0.05)
+                if proc.exitcode is None:
+                    continue
+                del running[k]
+                lo, hi, at = shares[k]
+                if proc.exitcode != 0:  # died on the file it had announced
+                    crashed = at.value
+                    if crashed < lo:
+                        raise RuntimeError(f"scan --dali: a DALI worker died before decoding (exit {proc.exitcode})")
+                    how = f"signal {-proc.exitcode}" if proc.exitcode < 0 else f"exit {proc.exitcode}"
+                    problems[crashed] = f"crashes DALI's decoder ({how})"
+                    if crashed + 1 < hi:
+                        running[k] = start(crashed + 1, hi, at)
+            while not results.empty():
+                index, problem = results.get()
+                problems[index] = problem
+            done = sum(at.value - lo + 1 for lo, _, at in shares)
+            if done // progress_every > reported:
+                reported = done // progress_every
+                print(f"scan: DALI {done}/{len(paths)} images", file=log, flush=True)
+    except KeyboardInterrupt:
+        for proc in running.values():
+            proc.terminate()
+        raise ScanInterrupted(sum(at.value - lo + 1 for lo, _, at in shares), len(paths)) from None
+    while not results.empty():
+        index, problem = results.get()
+        problems[index] = problem
+    return problems
+
+
+def _dali_worker(paths: list[str], lo: int, hi: int, at, results) -> None:
+    """Decode ``paths[lo:hi]`` with DALI's CPU decoder, one a run; ``at`` holds the index being decoded."""
+    _quiet_worker()
+    import numpy as np
+    from nvidia.dali import Pipeline, fn, types
+
+    def build():
+        pipe = Pipeline(batch_size=1, num_threads=1, device_id=None, exec_async=False, exec_pipelined=False,
+                        prefetch_queue_depth=1)
+        with pipe:
+            data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+            pipe.set_outputs(fn.decoders.image(data, device="cpu", output_type=types.RGB))
+        pipe.build()
+        return pipe
+
+    pipe = build()
+    for i in range(lo, hi):
+        at.value = i
+        try:
+            data = np.fromfile(paths[i], dtype=np.uint8)
+        except OSError as e:
+            results.put((i, f"unreadable ({e.strerror})"))
+            continue
+        try:
+            pipe.feed_input("data", [data])
+            pipe.run()
+        except RuntimeError as e:
+            results.put((i, f"DALI cannot decode it: {dali_reason(str(e))}"))
+            pipe = build()  # a pipeline is dead after an error
+    at.value = hi - 1
 
 
 def _list_folders(root: Path, report: ScanReport) -> list[str]:
@@ -249,5 +357,5 @@ def _list_tiny(root: Path) -> list[str]:
     return [os.path.relpath(f, root) for split in SPLITS for f in scan_tinyimagenet(root, split).files]
 
 
-__all__ = ["BadFile", "BadImageError", "ScanInterrupted", "ScanReport", "decode_problem", "find_bad_file",
-           "header_problem", "preflight", "preflight_problem", "scan_tree"]
+__all__ = ["BadFile", "BadImageError", "ScanInterrupted", "ScanReport", "dali_problems", "dali_reason",
+           "decode_problem", "find_bad_file", "header_problem", "preflight", "preflight_problem", "scan_tree"]
