@@ -3,7 +3,7 @@
     python launch.py train   --config configs/demo.yaml [key=value ...]
     python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
-    python launch.py scan    /data/imagenet [--write-clean-list clean.txt]
+    python launch.py scan    /data/imagenet [--write-clean-list clean.txt] [--dali]
     python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    p.add_argument("--dali", action="store_true",
+                   help="decode the files PIL reads once more with DALI's CPU decoder (finds the files DALI rejects "
+                        "or crashes on; ~1.5x the time)")
     p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
     p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
     p = sub.add_parser("status", help="how a run ended: exit 0 if it finished or was preempted with a checkpoint")
@@ -145,21 +148,54 @@ def cmd_eval(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    """Exit 0 if the folder is clean, 1 if it has bad files or empty class folders (report on stdout)."""
-    from pipeline import scan_tree
+    """Exit 0 if the folder is clean, 1 if it has bad files or class-folder problems (report on stdout), 128 + the
+    signal when interrupted (130: Ctrl-C, 143: SIGTERM; one line on stderr, no clean list written)."""
+    import signal
 
-    report = scan_tree(args.path, workers=args.workers)
+    from pipeline import ScanInterrupted
+
+    received = {"signal": signal.SIGINT}
+
+    def on_sigterm(signum, frame):  # a batch system's kill: the same clean stop as Ctrl-C
+        received["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return _scan(args)
+    except (KeyboardInterrupt, ScanInterrupted) as e:
+        progress = f" after {e.done} of {e.total} images" if isinstance(e, ScanInterrupted) else ""
+        written = "" if args.write_clean_list is None else f"; {args.write_clean_list} not written"
+        print(f"scan: interrupted by {signal.Signals(received['signal']).name}{progress}{written}", file=sys.stderr)
+        return 128 + received["signal"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _scan(args) -> int:
+    from pipeline import scan_tree
+    from training.files import atomic_write_text, check_writable_file
+
+    if args.write_clean_list is not None:  # before the decode pass, which takes hours on ImageNet
+        check_writable_file(args.write_clean_list, "--write-clean-list")
+    report = scan_tree(args.path, workers=args.workers, dali=args.dali)
     for bad in report.bad:
         print(f"bad    {bad.path}: {bad.problem}")
     for cls in report.empty_classes:
         print(f"empty  {cls}/ (no images)")
+    if report.class_mismatch:
+        print(f"classes {report.class_mismatch}")
     for path in report.ignored:
         print(f"ignored {path} (not an image file; the loader skips it)")
     print(f"scanned {len(report.good) + len(report.bad)} images under {report.root}: {len(report.good)} good, "
-          f"{len(report.bad)} bad, {len(report.empty_classes)} empty class folder(s), {len(report.ignored)} ignored")
+          f"{len(report.bad)} bad, {len(report.empty_classes)} empty class folder(s), "
+          f"{'train/val class mismatch, ' if report.class_mismatch else ''}{len(report.ignored)} ignored")
+    if not report.layout_ok:
+        print("layout: training refuses this folder until its class folders are fixed (add images to or remove the "
+              "empty ones; give train/ and val/ the same classes): a clean list or data.skip_bad_files cannot "
+              "change the classes")
     if args.write_clean_list:
-        with open(args.write_clean_list, "w") as f:
-            f.write("".join(path + "\n" for path in report.good))
+        atomic_write_text(args.write_clean_list, "".join(path + "\n" for path in report.good))
         print(f"clean list: {args.write_clean_list} ({len(report.good)} files; train with "
               f"data.root={report.root} data.file_list={args.write_clean_list})")
     return 0 if report.clean else 1

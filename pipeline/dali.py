@@ -9,6 +9,11 @@ position and every random generator, taken with the batches the iterator has pre
 after ``load_state_dict(state)`` the next ``__iter__`` rebuilds that epoch's pipeline from the checkpoint
 and yields exactly the batches, crops and flips the interrupted run would have seen next.
 
+A file DALI cannot read or decode mid-epoch (corrupt inside, or changed after the pre-flight) kills the
+pipeline; the iterator then finds the file (``_FaultFinder``: the one DALI's error names, else the first of the
+batches in flight that PIL, then DALI alone, cannot decode) and raises ``pipeline.BadImageError``, one line
+with the path and the ``scan`` command, instead of DALI's traceback.
+
 ``set_epoch(e, start_batch=s)`` is the cheap positional variant: it starts epoch ``e`` at batch ``s`` by
 slicing the file list (nothing is decoded and thrown away) — the same samples, but fresh augmentation draws.
 
@@ -27,13 +32,17 @@ zero-copy (DLPack, DALI's default dynamic executor), and in GPU mode images and 
 from __future__ import annotations
 
 import base64
+import re
+import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from .folder import FolderIndex
 from .output_format import dtype_name, nchw_view
+from .scan import BadFile, BadImageError, dali_reason, find_bad_file
 from .sharding import (augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices,
                        train_batches_per_rank)
 
@@ -144,6 +153,7 @@ class DaliLoader:
         self.start_batch = 0  # applies to the next __iter__ only, then back to 0
         self._running: weakref.ref | None = None  # the epoch being iterated, closed when the next starts
         self._restore: bytes | None = None  # a DALI checkpoint for the next __iter__ (load_state_dict)
+        self._restore_batch: int | None = None  # the batch of the epoch that checkpoint continues from
 
     def __len__(self) -> int:
         """Batches in a whole epoch on this rank (also after ``set_epoch(e, start_batch=s)``)."""
@@ -164,16 +174,24 @@ class DaliLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def state_dict(self) -> dict:
-        """Where the running epoch stands: the epoch and DALI's checkpoint (base64 text, JSON-safe; None when
-        no epoch is running)."""
+        """Where the running epoch stands: the epoch, DALI's checkpoint (base64 text, JSON-safe; None when
+        no epoch is running), the batch of the epoch it continues from (None when unknown) and the size of the
+        file list it indexes."""
         running = self._running() if self._running is not None else None
         cpt = running.checkpoint() if running is not None else None
-        return {"epoch": self.epoch, "dali": base64.b64encode(cpt).decode() if cpt is not None else None}
+        return {"epoch": self.epoch, "dali": base64.b64encode(cpt).decode() if cpt is not None else None,
+                "batch": running.position if running is not None else None, "files": len(self.index.files)}
 
     def load_state_dict(self, state: dict) -> None:
         """The next ``__iter__`` continues the saved epoch exactly (or starts it, if nothing was running)."""
         self.set_epoch(state["epoch"])
         self._restore = base64.b64decode(state["dali"]) if state["dali"] is not None else None
+        self._restore_batch = state.get("batch")  # absent in checkpoints written before it was saved
+        saved = state.get("files")
+        if self._restore is not None and saved is not None and saved != len(self.index.files):
+            warnings.warn(f"the file list has {len(self.index.files)} files, {saved} when this epoch was saved (the "
+                          f"folder or data.file_list changed): the rest of epoch {self.epoch} follows another order, "
+                          "not the one the interrupted run would have read", stacklevel=2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(images [B,3,S,S] of ``dtype``, labels [B] int64)`` on ``target_device``."""
@@ -182,13 +200,16 @@ class DaliLoader:
             previous.close()  # one live DALI pipeline per loader
         start, self.start_batch = self.start_batch, 0
         restore, self._restore = self._restore, None
+        restore_batch, self._restore_batch = self._restore_batch, None
+        first = 0  # the batch of `files` that DALI reads first
         if restore is not None:
-            start = 0  # the checkpoint knows the reader's position within the epoch's full file list
+            start, first = 0, restore_batch  # the checkpoint knows the reader's position in the full file list
         order = self._indices()[start * self.batch_size :]
         if len(order) == 0:  # resumed at the very end, or a val shard with no files
             return iter(())
+        files = [self.index.files[i] for i in order]
         pipe = build_pipeline(
-            [self.index.files[i] for i in order],
+            files,
             [self.index.labels[i] for i in order],
             self.recipe,
             gpu=self.gpu,
@@ -203,7 +224,8 @@ class DaliLoader:
             channels_last=self.channels_last,
             preallocate_hint=self.preallocate_hint,
         )
-        epoch = _Epoch(pipe, self.target_device, channels_last=self.channels_last)
+        finder = _FaultFinder(files, self.batch_size, self.prefetch, self.epoch, start, self.index.root)
+        epoch = _Epoch(pipe, self.target_device, channels_last=self.channels_last, faults=finder, first_batch=first)
         self._running = weakref.ref(epoch)
         return epoch
 
@@ -228,10 +250,13 @@ class _Epoch:
     """Iterator over one epoch's batches; ``close()`` (or being dropped) shuts its DALI pipeline down."""
 
     def __init__(self, pipe, target_device: torch.device, reader_name: str | None = "Reader",
-                 channels_last: bool = False):
+                 channels_last: bool = False, faults: _FaultFinder | None = None, first_batch: int | None = 0):
         # Every file list holds exactly the samples to yield, so PARTIAL only trims a short last val batch.
         # reader_name=None: an external source that stops at the end of the epoch (pipeline.array_dali).
         # channels_last: the pipeline outputs HWC images, yielded as NCHW views.
+        # faults: turns a DALI read/decode error into a BadImageError naming the file; first_batch: the batch of
+        # its file list the pipeline starts at (a restored checkpoint's; None: unknown).
+        self._faults, self._next = faults, first_batch
         self._dali = DALIGenericIterator(
             pipe,
             ["images", "labels"],
@@ -254,6 +279,13 @@ class _Epoch:
         except StopIteration:
             self.close()
             raise
+        except RuntimeError as err:
+            if self._faults is None or not _FaultFinder.is_file_error(err):
+                raise
+            self.close()  # the pipeline is dead after a critical error; free it before decoding candidates
+            raise self._faults.error(self._next, str(err)) from err
+        if self._next is not None:
+            self._next += 1
         images, labels = batch["images"], batch["labels"].squeeze(-1).long()  # DALI labels: int32 [B, 1]
         images, labels = self._to_target(images), self._to_target(labels)
         if self._channels_last:  # after the copy: pinning a permuted view could make it contiguous NCHW
@@ -266,6 +298,13 @@ class _Epoch:
         if self._target.type == "cuda" and t.device.type == "cpu":
             return t.pin_memory().to(self._target, non_blocking=True)
         return t.to(self._target)
+
+    @property
+    def position(self) -> int | None:
+        """The batch of the epoch the next ``__next__`` yields (None: unknown, an old checkpoint's epoch)."""
+        if self._next is None or self._faults is None:
+            return self._next
+        return self._faults.offset + self._next
 
     def checkpoint(self) -> bytes | None:
         """DALI's serialized state after the batches yielded so far (None once the epoch is closed)."""
@@ -282,6 +321,78 @@ class _Epoch:
 
     def __del__(self):
         self.close()
+
+
+@dataclass
+class _FaultFinder:
+    """What one epoch's pipeline reads, to name the file behind a DALI error (a dead pipeline cannot tell)."""
+
+    files: list[str]  # in reading order; batch b is files[b * batch_size : (b + 1) * batch_size]
+    batch_size: int
+    prefetch: int
+    epoch: int
+    offset: int  # the epoch's batch that files[0] starts (set_epoch's start_batch)
+    root: str | None  # the dataset root, for the scan command
+
+    _FILE_ERROR = re.compile(r"fn\.(?:decoders|readers)\.|Failed to decode|nvImageCodec")
+
+    @classmethod
+    def is_file_error(cls, err: RuntimeError) -> bool:
+        """A read or decode failure (not, say, an out-of-memory in a resize)."""
+        return bool(cls._FILE_ERROR.search(str(err)))
+
+    def error(self, batch: int | None, message: str) -> BadImageError:
+        """The one-line error for a DALI failure while batch ``batch`` of ``files`` was next (None: unknown).
+
+        Candidates: that batch and the ones DALI may already be working on (its prefetch queue and the next);
+        the file DALI's message names, else the first PIL cannot decode, else the first DALI alone cannot decode.
+        """
+        root = self.root or "<data.root>"
+        scan = f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with data.file_list=clean.txt"
+        if batch is None:
+            candidates, where = [], f"epoch {self.epoch}"
+        else:
+            lo = batch * self.batch_size
+            candidates = self.files[lo : lo + (self.prefetch + 2) * self.batch_size]
+            where = f"epoch {self.epoch}, batch {self.offset + batch}"
+        bad = find_bad_file(candidates, message) or _dali_decode_problem(candidates)
+        if bad is None:  # e.g. a file only the GPU decoder rejects, or a position unknown after an old checkpoint
+            tried = f"none of the {len(candidates)} files it was reading fails to decode alone; " if candidates else ""
+            return BadImageError(f"DALI failed reading {where}: {dali_reason(message)}; {tried}if it is a broken "
+                                 f"file, {scan} (UNIXKD_DEBUG=1 shows DALI's traceback)")
+        if bad.problem.startswith("DALI cannot decode it"):
+            fix = (f"PIL reads it, so only `python launch.py scan {root} --dali --write-clean-list clean.txt` lists "
+                   "it: delete or replace the file, or train with that clean list")
+        elif bad.problem.startswith("missing"):
+            fix = f"the folder changed after the pre-flight; restore the file or {scan}"
+        else:
+            fix = scan
+        return BadImageError(f"{bad.path}: {bad.problem} (DALI stopped on it in {where}); {fix}",
+                             path=bad.path, problem=bad.problem)
+
+
+def _dali_decode_problem(files: list[str]) -> BadFile | None:
+    """The first of ``files`` DALI's CPU decoder fails on, each decoded alone (files PIL reads but DALI does not:
+    e.g. a damaged Huffman-table marker that libjpeg papers over)."""
+    if not files or _DALI_IMPORT_ERROR is not None:
+        return None
+    from nvidia.dali import Pipeline, fn, types
+
+    pipe = Pipeline(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_async=False,
+                    exec_pipelined=False)
+    with pipe:
+        data, _ = fn.readers.file(files=files, labels=[0] * len(files), random_shuffle=False)
+        pipe.set_outputs(fn.decoders.image(data, device="cpu", output_type=types.RGB))
+    try:
+        pipe.build()
+        for path in files:  # one sample per run, in order: the run that fails is the file
+            try:
+                pipe.run()
+            except RuntimeError as err:
+                return BadFile(path, f"DALI cannot decode it (PIL can): {dali_reason(str(err))}")
+    finally:
+        getattr(pipe, "_shutdown", lambda: None)()
+    return None
 
 
 def _use_gpu(device: str) -> bool:

@@ -56,7 +56,7 @@ def scan_tinyimagenet(root: str | Path, split: str) -> FolderIndex:
         rows.sort()
         files = [str(root / "val" / "images" / name) for name, _ in rows]
         labels = [label for _, label in rows]
-    return FolderIndex(files=files, labels=labels, classes=classes)
+    return FolderIndex(files=files, labels=labels, classes=classes, root=str(root))
 
 
 def read_wnids(root: Path) -> list[str]:

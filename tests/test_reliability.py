@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -30,6 +31,10 @@ def planted(tmp_path, digits_root) -> Path:
     data = good.read_bytes()
     (root / "train" / "3" / "zero.jpg").write_bytes(b"")
     (root / "train" / "3" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "train" / "3" / "trailer.jpg").write_bytes(data + b"\x00" * 4000 + b"CAMERA")  # complete, then a trailer
+    png = io.BytesIO()
+    Image.open(good).save(png, "PNG")
+    (root / "train" / "4" / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
     (root / "train" / "4" / "text.jpg").write_text("this is not a JPEG")
     (root / "train" / "4" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # right magic, no image
     (root / "train" / "4" / "readme.txt").write_text("notes")
@@ -42,27 +47,31 @@ def planted(tmp_path, digits_root) -> Path:
 def test_scan_finds_every_planted_problem_and_writes_a_clean_list(planted, tmp_path, capsys):
     report = scan_tree(planted, workers=2)
     problems = {Path(b.path).name: b.problem for b in report.bad}
-    assert problems.keys() == {"zero.jpg", "truncated.jpg", "text.jpg", "garbage.png"}
-    assert problems["zero.jpg"] == "empty" and problems["truncated.jpg"] == "truncated"
+    assert problems.keys() == {"zero.jpg", "truncated.jpg", "truncated.png", "text.jpg", "garbage.png"}
+    assert problems["zero.jpg"] == "empty" and problems["truncated.jpg"] == problems["truncated.png"] == "truncated"
     assert problems["text.jpg"].startswith("not an image") and problems["garbage.png"].startswith("corrupt")
     assert report.empty_classes == ["train/empty_class"]
     assert report.ignored == ["train/4/readme.txt"]
-    assert len(report.good) == 1797 + 1
+    assert len(report.good) == 1797 + 2  # + val/empty_class/ok.jpg and the trailer: decodable files are good
 
     clean = tmp_path / "clean.txt"
     assert launch.main(["scan", str(planted), "--write-clean-list", str(clean), "--workers", "2"]) == 1
     out = capsys.readouterr().out
     assert "bad    train/3/truncated.jpg: truncated" in out and "empty  train/empty_class/" in out
     listed = clean.read_text().splitlines()
-    assert len(listed) == 1797 + 1 and "train/3/truncated.jpg" not in listed
+    assert len(listed) == 1797 + 2 and "train/3/truncated.jpg" not in listed
 
 
-def test_preflight_catches_missing_empty_and_non_image_files(planted):
+def test_preflight_catches_missing_empty_non_image_and_truncated_files(planted):
     files = [str(p) for p in sorted((planted / "train" / "3").iterdir())[:3]]
-    files += [str(planted / "train" / "3" / "zero.jpg"), str(planted / "train" / "4" / "text.jpg"),
-              str(planted / "nowhere.jpg")]
+    files += [str(planted / "train" / "3" / name) for name in ("zero.jpg", "truncated.jpg", "trailer.jpg")]
+    files += [str(planted / "train" / "4" / name) for name in ("text.jpg", "truncated.png", "garbage.png")]
+    files += [str(planted / "nowhere.jpg")]
     bad = {Path(b.path).name: b.problem for b in preflight(files)}
-    assert bad == {"zero.jpg": "empty", "text.jpg": "not an image (starts with 74686973)", "nowhere.jpg": "missing"}
+    # truncated: no end marker in the tail (and PIL cannot decode them); trailer.jpg has data after its marker
+    assert bad == {"zero.jpg": "empty", "text.jpg": "not an image (starts with 74686973)", "nowhere.jpg": "missing",
+                   "truncated.jpg": "truncated", "truncated.png": "truncated",
+                   "garbage.png": "corrupt (cannot identify image file)"}
 
 
 def test_training_refuses_bad_data_then_skips_or_uses_the_clean_list(planted, tmp_path, teacher_ckpt, capsys):
@@ -70,16 +79,17 @@ def test_training_refuses_bad_data_then_skips_or_uses_the_clean_list(planted, tm
     (planted / "val" / "empty_class" / "ok.jpg").unlink()
     (planted / "val" / "empty_class").rmdir()
     cfg = small_config(tmp_path, planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder")
-    with pytest.raises(ValueError, match=r"2 bad file\(s\).*data.skip_bad_files=true") as err:
+    with pytest.raises(ValueError, match=r"5 bad file\(s\).*data.skip_bad_files=true") as err:
         train(cfg)
-    assert "\n" not in str(err.value) and "zero.jpg: empty" in str(err.value)
+    assert "\n" not in str(err.value) and "train/3/truncated.jpg: truncated" in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
 
+    # skipping leaves the truncated files out too (they would kill the run mid-epoch), the trailer stays in
     train(small_config(tmp_path, planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder",
                        "data.skip_bad_files=true"))
-    assert "pre-flight: skipping 2 bad file(s)" in capsys.readouterr().out
+    assert "pre-flight: skipping 5 bad file(s)" in capsys.readouterr().out
 
-    # the truncated file passes the fast pre-flight (its header is fine): the clean list from a scan leaves it out
+    # the clean list from a scan leaves out the same files
     clean = tmp_path / "clean.txt"
     launch.main(["scan", str(planted), "--write-clean-list", str(clean), "--workers", "2"])
     summary = train(small_config(tmp_path / "b", planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder",

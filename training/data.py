@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from accelerate.utils import broadcast_object_list
 from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset,
                       preflight, read_cifar, restrict, scan_folder, scan_tinyimagenet)
 from pipeline.cifar import STATS as CIFAR_STATS
+from pipeline.folder import compare_classes, names
 
 from .config import Config
 from .preprocess import Preprocess, resolve_preprocess
@@ -59,13 +61,17 @@ def build_data(cfg: Config, accelerator) -> Data:
     scan = scan_tinyimagenet if cfg.data.dataset == "tinyimagenet" else scan_folder
     train_index: FolderIndex = scan(root, "train")
     val_index: FolderIndex = scan(root, "val")
-    if val_index.classes != train_index.classes:
-        raise ValueError(f"data.root={root}: val/ and train/ have different class folders")
+    mismatch = compare_classes(train_index.classes, val_index.classes)
+    if mismatch:
+        raise ValueError(f"data.root={root}: {mismatch}; labels are positions in the sorted class list, so both "
+                         "splits need the same class folders")
     if cfg.data.file_list:
-        keep = read_file_list(cfg.data.file_list, Path(root))
+        keep = matched_file_list(cfg.data.file_list, Path(root), train_index.files + val_index.files)
         train_index, val_index = restrict(train_index, keep), restrict(val_index, keep)
     if cfg.data.preflight:
         train_index, val_index = checked(train_index, val_index, cfg, Path(root).resolve(), accelerator)
+    if cfg.data.file_list or cfg.data.skip_bad_files:
+        warn_empty_classes(train_index, accelerator.is_main_process)
     d = cfg.data
     pad = d.crop_padding if d.dataset == "tinyimagenet" else None  # Tiny-ImageNet: CIFAR-style pad-and-crop
     preprocess = resolve_preprocess(cfg)  # what the teacher expects: val resize/crop/filter, mean/std for both
@@ -93,19 +99,72 @@ def build_data(cfg: Config, accelerator) -> Data:
     return Data(train=train, val=val, classes=train_index.classes, root=Path(root), preprocess=preprocess)
 
 
-def read_file_list(path: str, root: Path) -> set[str]:
-    """`data.file_list`: one path per line, relative to data.root (what `launch.py scan --write-clean-list` writes)."""
-    p = Path(path)
+def read_file_list(path: str, root: Path) -> dict[str, str]:
+    """`data.file_list`: one path per line, relative to data.root (what `launch.py scan --write-clean-list` writes).
+
+    Returns {absolute path as the folder index spells it: the line}. Tolerated: Windows line endings and a UTF-8
+    BOM, `./` and doubled slashes, backslash separators (a line without any `/`), absolute paths under data.root
+    (as given or resolved).
+    """
+    p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"data.file_list={path}: no such file")
-    lines = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.file_list={path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"data.file_list={path}: the list is empty")
-    return {str(root.resolve() / line) for line in lines}
+    resolved = root.expanduser().resolve()
+    prefixes = {os.path.normpath(str(r)) + os.sep for r in (root.expanduser().absolute(), resolved)}
+    out: dict[str, str] = {}
+    for line in lines:
+        rel = line.replace("\\", "/") if "\\" in line and "/" not in line else line
+        rel = os.path.normpath(rel)
+        if os.path.isabs(rel):
+            under = next((pre for pre in prefixes if rel.startswith(pre)), None)
+            rel = rel[len(under):] if under else rel
+        out[os.path.join(resolved, rel)] = line
+    return out
+
+
+def matched_file_list(path: str, root: Path, indexed: list[str]) -> set[str]:
+    """The files of `data.file_list` that train/ and val/ hold; a one-line ValueError when none do, or when some of
+    its lines name files that no longer exist (a stale list, or one written for another folder: a user error
+    better refused than trained around). Lines naming existing files outside train/ and val/ (a test/ split in a
+    scan's list) are left out quietly."""
+    listed = read_file_list(path, root)
+    known = set(indexed)
+    keep = {f for f in listed if f in known}
+    rerun = f"`python launch.py scan {root} --write-clean-list {path}`"
+    if not keep:
+        first = next(iter(listed.values()))
+        raise ValueError(f"data.file_list={path}: none of its {len(listed)} lines is an image in train/ or val/ of "
+                         f"data.root={root} (first line: {first!r}); the paths are relative to data.root, as {rerun} "
+                         "writes them")
+    missing = [line for f, line in listed.items() if f not in known and not os.path.exists(f)]
+    if missing:
+        raise ValueError(f"data.file_list={path}: {len(missing)} of its {len(listed)} lines name files that do not "
+                         f"exist under data.root={root} (first: {missing[0]!r}); the folder changed since the list "
+                         f"was written: rerun {rerun}")
+    return keep
+
+
+def warn_empty_classes(train: FolderIndex, main: bool) -> None:
+    """One line when data.file_list or data.skip_bad_files left a class without train images (it keeps its output)."""
+    counts = [0] * len(train.classes)
+    for label in train.labels:
+        counts[label] += 1
+    empty = [name for name, n in zip(train.classes, counts) if n == 0]
+    if empty and main:
+        print(f"data: {len(empty)} of {len(train.classes)} classes have no train images left after data.file_list / "
+              f"data.skip_bad_files ({names(empty)}); the model still has an output for each")
 
 
 def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accelerator):
-    """Pre-flight (exists, non-empty, JPEG/PNG magic) on the main process, the verdict shared with all ranks.
+    """Pre-flight (exists, non-empty, JPEG/PNG magic, end marker) on the main process, the verdict shared with all
+    ranks.
 
     Refuses to start on bad files, naming them, unless `data.skip_bad_files` — then they are left out.
     """
