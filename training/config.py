@@ -50,7 +50,7 @@ class DataConfig:
     mean: Union[list[float], str] = "auto"  # per RGB channel in 0..1; train and val (one normalization for both)
     std: Union[list[float], str] = "auto"
     file_list: str = ""  # optional: only these files (paths relative to root, e.g. from `launch.py scan`)
-    preflight: bool = True  # check every file (exists, non-empty, JPEG/PNG magic) before training starts
+    preflight: bool = True  # check every file before training (exists, non-empty, JPEG/PNG start and end markers)
     skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
     crop_padding: int = 4  # cifar*/tinyimagenet: zero padding (px) before the random crop (folder sets: crop_scale)
     cifar_loader: str = "dali"  # cifar*: dali (external source) | tensor (whole set on the device, tensor ops)

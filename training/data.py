@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list
 
 from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset,
                       preflight, read_cifar, restrict, scan_folder, scan_tinyimagenet)
@@ -15,6 +14,7 @@ from pipeline.cifar import STATS as CIFAR_STATS
 from pipeline.folder import compare_classes, names
 
 from .config import Config
+from .distributed import on_main
 from .preprocess import Preprocess, resolve_preprocess
 
 
@@ -53,9 +53,9 @@ def output_format(cfg: Config, accelerator) -> dict:
 
 
 def build_data(cfg: Config, accelerator) -> Data:
-    root = dataset_root(cfg) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()  # the main process builds the demo set; the others then find it
-    root = root or dataset_root(cfg)
+    # the main process builds the demo set (or refuses) and the others then find it; with the long timeout
+    on_main(accelerator, lambda: dataset_root(cfg))
+    root = dataset_root(cfg)
     if cfg.data.dataset in CIFAR_STATS:
         return build_cifar_data(cfg, accelerator, root)
     scan = scan_tinyimagenet if cfg.data.dataset == "tinyimagenet" else scan_folder
@@ -168,10 +168,8 @@ def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accel
 
     Refuses to start on bad files, naming them, unless `data.skip_bad_files` — then they are left out.
     """
-    verdict = [preflight(train.files + val.files) if accelerator.is_main_process else None]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(verdict)  # every rank must index the same files, or the shards disagree
-    bad = verdict[0]
+    # one process reads every file (minutes for ImageNet: the long timeout); every rank must index the same files
+    bad = on_main(accelerator, lambda: preflight(train.files + val.files))
     if not bad:
         return train, val
     shown = "; ".join(f"{Path(b.path).relative_to(root) if b.path.startswith(str(root)) else b.path}: {b.problem}"
