@@ -17,19 +17,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from training.config import ConfigError, load_config
-from training.models import ModelError, create_model, load_checkpoint
+from training.models import create_model, load_checkpoint
 
-TINY = "test_resnet"
-
-
-def one_line_error(fn, *needles):
-    with pytest.raises(ModelError) as info:
-        fn()
-    message = str(info.value)
-    assert message and "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
-    return message
+from test_models import TINY, one_line_error
 
 
 def tensors(model: nn.Module) -> dict:

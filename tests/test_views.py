@@ -14,7 +14,6 @@ updates differs (logits in train mode do not depend on them): README "Methods" s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -30,21 +29,10 @@ from training.optim import build_optimizer
 from training.step import DistillStep
 from training.views import SeparateViews
 
+from test_step import CPUAccelerator
+
 N, C, S, T, LR, WD = 8, 10, 16, 4.0, 0.05, 5e-4
 STEPS = 3
-
-
-class CPUAccelerator:
-    """What DistillStep uses of an Accelerator, on one CPU process."""
-
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def unwrap_model(self, model):
-        return model
-
-    def backward(self, loss):
-        loss.backward()
 
 
 def authors_kl(y_s, y_t, T=T):
