@@ -328,6 +328,8 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_p
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-2", "step-3"]
     aside = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("superseded-")]
     assert len(aside) == 1 and snapshot(aside[0] / "step-4") == old_step4  # kept whole, out of the way
+    assert (aside[0] / "final" / "model.safetensors").is_file()  # the weights step-4's future ended on
+    assert snapshot(out / "final") != snapshot(aside[0] / "final")  # this run's own, from step 3
     assert train(small_config(tmp_path, digits_root, teacher_ckpt, "resume=auto", "train.max_steps=4"))["step"] == 4
 
 

@@ -208,7 +208,8 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
 
 
 def set_aside_after(out_dir: str | Path, step: int) -> tuple[Path | None, list[str]]:
-    """Move the checkpoints newer than `step` (the one a run resumes from) into `checkpoints/superseded-<time>/`.
+    """Move the checkpoints newer than `step` (the one a run resumes from), and the `final/` weights that came
+    after them, into `checkpoints/superseded-<time>/`.
 
     They belong to a future the resumed run abandons (an explicit resume of an older checkpoint, or damaged
     ones passed over): left in place, the resumed run's pruning would keep them as the "newest" and a later
@@ -222,6 +223,9 @@ def set_aside_after(out_dir: str | Path, step: int) -> tuple[Path | None, list[s
         n += 1
         dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
     dest.mkdir()
+    final = Path(out_dir) / "final"
+    if final.is_dir():  # the weights that future ended on (a final is written after the last checkpoint)
+        newer.append(final)
     for p in newer:
         p.rename(dest / p.name)
     return dest, [p.name for p in newer]
