@@ -27,14 +27,21 @@ def _block(in_chs: int, widths) -> nn.Sequential:
 
 
 class MaxPoolAbove(nn.Module):
-    """2×2 max-pool while the feature map is larger than `size`×`size`; identity otherwise."""
+    """2×2 max-pool while the feature map is larger than `size`×`size`; identity otherwise.
+
+    Written without a Python `if` on the shape, which torch.fx cannot trace: the kernel (= stride) is computed
+    in integer arithmetic, 2 when the width W > size and 1 otherwise (W // (size + 1) is 0 exactly when W ≤ size,
+    so 1 // (W // (size + 1) + 1) is 1 then and 0 above), and a 1×1 max-pool gives its input's values unchanged.
+    The traced graph keeps the arithmetic, so it serves every input size, as the eager module does.
+    """
 
     def __init__(self, size: int = 4):
         super().__init__()
         self.size = size
 
     def forward(self, x):
-        return F.max_pool2d(x, 2) if x.shape[-1] > self.size else x
+        k = 2 - 1 // (x.shape[-1] // (self.size + 1) + 1)
+        return F.max_pool2d(x, k, k)
 
 
 class CifarVGG(CifarNet):
