@@ -5,6 +5,8 @@ Importing this package registers `cifar_resnet{8,14,20,32,44,56,110}`, `cifar_re
 `cifar_shufflev1` and `cifar_shufflev2`, so `timm.create_model("cifar_resnet8x4", num_classes=100)` builds
 them (`training.models` imports this package, so `import training` is enough). Intermediate features for
 AT/SP: `model.forward_intermediates(x)` (see `base.py`) or `timm.create_model(name, features_only=True)`.
+The rest of timm's model interface (default cfgs, global_pool, grad checkpointing, group_matcher, FX and
+TorchScript) is held to timm's own model tests in tests/test_backbones.py.
 """
 
 from . import cifar_mobilenetv2, cifar_resnet, cifar_shufflenet, cifar_vgg, cifar_wrn

@@ -52,7 +52,7 @@ class ShuffleV1Unit(nn.Module):
 
 class CifarShuffleV1(CifarNet):
     def __init__(self, widths=(240, 480, 960), depths=(4, 8, 4), groups: int = 3, in_chans: int = 3,
-                 num_classes: int = 100, drop_rate: float = 0.0):
+                 num_classes: int = 100, drop_rate: float = 0.0, global_pool: str = "avg"):
         stem = conv_bn(in_chans, 24, 1)
         stages, in_chs = [], 24
         for width, depth in zip(widths, depths):
@@ -62,7 +62,8 @@ class CifarShuffleV1(CifarNet):
                 in_chs = width
             stages.append(nn.Sequential(*units))
         super().__init__(stem, stages, nn.Identity(), stem_chs=24, stage_chs=list(widths), stage_reductions=[2, 4, 8],
-                         num_features=widths[-1], num_classes=num_classes, drop_rate=drop_rate)
+                         num_features=widths[-1], num_classes=num_classes, drop_rate=drop_rate,
+                         global_pool=global_pool)
 
 
 # --- ShuffleNetV2 -----------------------------------------------------------------------------------------
@@ -98,17 +99,18 @@ class ShuffleV2Down(nn.Module):
 
 class CifarShuffleV2(CifarNet):
     def __init__(self, widths=(116, 232, 464), depths=(3, 7, 3), last: int = 1024, in_chans: int = 3,
-                 num_classes: int = 100, drop_rate: float = 0.0):
+                 num_classes: int = 100, drop_rate: float = 0.0, global_pool: str = "avg"):
         stem = conv_bn(in_chans, 24, 1)
         stages, in_chs = [], 24
         for width, depth in zip(widths, depths):
             stages.append(nn.Sequential(ShuffleV2Down(in_chs, width), *[ShuffleV2Unit(width) for _ in range(depth)]))
             in_chs = width
         super().__init__(stem, stages, conv_bn(in_chs, last, 1), stem_chs=24, stage_chs=list(widths),
-                         stage_reductions=[2, 4, 8], num_features=last, num_classes=num_classes, drop_rate=drop_rate)
+                         stage_reductions=[2, 4, 8], num_features=last, num_classes=num_classes, drop_rate=drop_rate,
+                         global_pool=global_pool)
 
 
-default_cfgs = generate_default_cfgs({"cifar_shufflev1": default_cfg(), "cifar_shufflev2": default_cfg()})
+default_cfgs = generate_default_cfgs({"cifar_shufflev1": default_cfg((4, 4)), "cifar_shufflev2": default_cfg((4, 4))})
 
 
 @register_model

@@ -27,19 +27,26 @@ def _block(in_chs: int, widths) -> nn.Sequential:
 
 
 class MaxPoolAbove(nn.Module):
-    """2×2 max-pool while the feature map is larger than `size`×`size`; identity otherwise."""
+    """2×2 max-pool while the feature map is larger than `size`×`size`; identity otherwise.
+
+    Written without a Python `if` on the shape, which torch.fx cannot trace: the kernel (= stride) is computed
+    in integer arithmetic, 2 when the width W > size and 1 otherwise (W // (size + 1) is 0 exactly when W ≤ size,
+    so 1 // (W // (size + 1) + 1) is 1 then and 0 above), and a 1×1 max-pool gives its input's values unchanged.
+    The traced graph keeps the arithmetic, so it serves every input size, as the eager module does.
+    """
 
     def __init__(self, size: int = 4):
         super().__init__()
         self.size = size
 
     def forward(self, x):
-        return F.max_pool2d(x, 2) if x.shape[-1] > self.size else x
+        k = 2 - 1 // (x.shape[-1] // (self.size + 1) + 1)
+        return F.max_pool2d(x, k, k)
 
 
 class CifarVGG(CifarNet):
     def __init__(self, blocks=((64,), (128,), (256,), (512,), (512,)), in_chans: int = 3, num_classes: int = 100,
-                 drop_rate: float = 0.0):
+                 drop_rate: float = 0.0, global_pool: str = "avg"):
         stem = _block(in_chans, blocks[0])
         stages, in_chs = [], blocks[0][-1]
         for i, widths in enumerate(blocks[1:]):
@@ -48,7 +55,7 @@ class CifarVGG(CifarNet):
             in_chs = widths[-1]
         super().__init__(stem, stages, nn.Identity(), stem_chs=blocks[0][-1], stage_chs=[b[-1] for b in blocks[1:]],
                          stage_reductions=[2, 4, 8, 8], num_features=in_chs, num_classes=num_classes,
-                         drop_rate=drop_rate)
+                         drop_rate=drop_rate, global_pool=global_pool)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
@@ -73,7 +80,7 @@ MODEL_ARGS = {  # channels of the convs in each of the five blocks
     "cifar_vgg19": dict(blocks=((64,) * 2, (128,) * 2, (256,) * 4, (512,) * 4, (512,) * 4)),
 }
 
-default_cfgs = generate_default_cfgs({name: default_cfg() for name in MODEL_ARGS})
+default_cfgs = generate_default_cfgs({name: default_cfg((4, 4)) for name in MODEL_ARGS})
 
 
 @register_model

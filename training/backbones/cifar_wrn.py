@@ -33,7 +33,7 @@ class PreActBlock(nn.Module):
 
 class WideResNet(CifarNet):
     def __init__(self, depth: int = 16, width: int = 1, in_chans: int = 3, num_classes: int = 100,
-                 drop_rate: float = 0.0):
+                 drop_rate: float = 0.0, global_pool: str = "avg"):
         assert (depth - 4) % 6 == 0, depth
         n = (depth - 4) // 6
         chs = [16 * width, 32 * width, 64 * width]
@@ -46,7 +46,7 @@ class WideResNet(CifarNet):
             in_chs = out_chs
         final = nn.Sequential(nn.BatchNorm2d(chs[-1]), nn.ReLU(inplace=True))
         super().__init__(stem, stages, final, stem_chs=16, stage_chs=chs, stage_reductions=[1, 2, 4],
-                         num_features=chs[-1], num_classes=num_classes, drop_rate=drop_rate)
+                         num_features=chs[-1], num_classes=num_classes, drop_rate=drop_rate, global_pool=global_pool)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He init with fan-out, as the WRN authors
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
@@ -63,7 +63,7 @@ def _create(variant: str, pretrained: bool, **kwargs):
 
 MODEL_ARGS = {f"cifar_wrn_{d}_{w}": dict(depth=d, width=w) for d in (16, 40) for w in (1, 2)}
 
-default_cfgs = generate_default_cfgs({name: default_cfg() for name in MODEL_ARGS})
+default_cfgs = generate_default_cfgs({name: default_cfg((8, 8)) for name in MODEL_ARGS})
 
 
 @register_model
