@@ -15,10 +15,13 @@ process-wide state), with the run's `<out_dir>/trackers/` as their logging folde
 * **Each metrics.jsonl row is logged** at its `step` (the training step): the step rows, the evaluations, the final
   summary; numbers only (booleans such as `final` and strings such as `checkpoint` are left out). The values are
   the Python numbers the row already holds: no host read is added.
+  A tracker that cannot start (W&B online without a login) is a one-line TrackerError; the run is then failed.
 * **A resume continues the same run.** TensorBoard: the new event file starts with a purge at the checkpoint's step
-  (`SummaryWriter(purge_step=)`), so TensorBoard hides the rows the killed run logged after the checkpoint, as
-  metrics.jsonl drops them. W&B: the same run id (kept in `<out_dir>/trackers/run.json`) with `resume="allow"`;
-  W&B itself ignores steps below the last one it has, so the redone steps keep the first run's values there.
+  (`SummaryWriter(purge_step=)`), which hides everything the earlier run logged from that step on; the rows
+  metrics.jsonl keeps at that step are logged again, so TensorBoard shows exactly metrics.jsonl's rows (a start
+  over: a purge at 0). W&B: the same run id (kept in `<out_dir>/trackers/run.json`) with `resume="allow"`; W&B
+  takes only increasing steps in a run, so the redone steps keep the first run's values there (not checked
+  against a W&B server: offline, each start is its own offline-run folder of that id).
 * **Ended however the run ends** (finished, preempted, stopped, an error): each tracker's `finish`, not
   `Accelerator.end_training`, which also destroys the process group that a later run in the same process
   (`compare`, the demo's teacher) still needs. A failed run is marked failed in W&B (exit code 1).
