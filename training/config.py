@@ -153,6 +153,11 @@ class TrainConfig:
     # and checkpoint saves may keep the processes apart for longer
     step_timeout_min: float = 10.0
     setup_timeout_min: float = 60.0
+    # experiment trackers beside metrics.jsonl, through Accelerate (training/trackers.py): none | a name | names
+    # (tensorboard, wandb, ...: "tensorboard,wandb" or a list) | all (every installed one); they write under
+    # <out_dir>/trackers/. tracker_project: the W&B / Comet project, MLflow experiment, TensorBoard subfolder
+    log_with: Union[str, list[str]] = "none"
+    tracker_project: str = "unixkd"
 
 
 @dataclass
@@ -463,6 +468,12 @@ def validate(cfg: Config) -> None:
     need(t.step_timeout_min > 0, "train.step_timeout_min", "> 0 (minutes)", t.step_timeout_min)
     need(t.setup_timeout_min >= t.step_timeout_min, "train.setup_timeout_min",
          f">= train.step_timeout_min={t.step_timeout_min}", t.setup_timeout_min)
+    need(bool(t.tracker_project.strip()) and "/" not in t.tracker_project, "train.tracker_project",
+         "a name (no '/')", t.tracker_project)
+    if t.log_with not in ("none", "", []):
+        from .trackers import parse
+
+        parse(t.log_with)  # unknown names: one line with Accelerate's trackers (packages: checked by train)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

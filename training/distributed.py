@@ -23,19 +23,29 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
+from . import trackers
+
 T = TypeVar("T")
 _long_groups: dict[float, object] = {}  # one process group per long timeout, made once per process
 
 
-def make_accelerator(cfg) -> Accelerator:
-    """The run's Accelerator: CPU (gloo) where there is no GPU, the step's collective timeout set."""
+def make_accelerator(cfg, run: bool = False) -> Accelerator:
+    """The run's Accelerator: CPU (gloo) where there is no GPU, the step's collective timeout set.
+
+    `run=True` (train() only; eval, bench and profile log nowhere): with the trackers of `train.log_with`, each
+    package checked first (a missing one is a ConfigError naming it), writing under `<out_dir>/trackers/`. They
+    are this instance's, so several runs in one process (compare, the demo's teacher) each log to their own.
+    """
     # cpu=True off-GPU so that `accelerate launch --multi_gpu` also runs (over gloo) on CPU machines.
     # No AutocastKwargs handler, on purpose: with one, every `accelerator.autocast()` (three per step) runs
     # `AutocastKwargs.to_kwargs()`, which empties and refills os.environ, racing DALI's decoder threads that
     # call getenv (a segfault, seen in tests). The CUDA-graph captures clear the autocast cache instead.
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.step_timeout_min))
+    names = trackers.resolve(cfg) if run else []  # before anything is made: a missing package is one line
+    logging = {"log_with": names, "project_config": trackers.project_config(cfg)} if names else {}
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              kwargs_handlers=[timeout])
+                              kwargs_handlers=[timeout], **logging)
+    trackers.check_made(accelerator, names)
     accelerator.long_timeout_min = cfg.train.setup_timeout_min  # read by wait_long / on_main
     if accelerator.num_processes > 1:
         _long_group(accelerator)  # every process creates it here, in the same order (new_group is collective)

@@ -34,9 +34,9 @@ LOCK = ".lock"
 CONFIG, METRICS, STATUS = "config.yaml", "metrics.jsonl", "status.json"
 # Everything a run writes into its out_dir (what overwrite=true moves aside; anything else is left alone)
 RUN_FILES = (ckpt.checkpoint_root("").name, METRICS, "final", "final.tmp", "sampling.json", "sampling_images",
-             CONFIG, "report", STATUS)
-# Keys that may differ between a job and its restart: how to resume, not what to train
-RESTART_KEYS = ("resume", "resume_force", "overwrite", "train.progress")
+             CONFIG, "report", STATUS, "trackers")
+# Keys that may differ between a job and its restart: how to resume or watch it, not what to train
+RESTART_KEYS = ("resume", "resume_force", "overwrite", "train.progress", "train.log_with", "train.tracker_project")
 
 
 class OutDirLock:
@@ -213,15 +213,17 @@ class MetricsLog:
     """`<out_dir>/metrics.jsonl`: one JSON object per logged step or evaluation; main process only.
 
     Append-only: each row is one write of a whole line, flushed, so a kill leaves at most a partial last line,
-    which readers skip and a resume removes."""
+    which readers skip and a resume removes. `mirror(row)` gets each row once it is written (the trackers)."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, mirror=None):
+        self.path, self.enabled, self.mirror = path, enabled, mirror
 
     def write(self, row: dict) -> None:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.mirror is not None:
+                self.mirror(row)
 
 
 def write_status(out: Path, state: str, **fields) -> None:

@@ -25,6 +25,7 @@ from selection.graphed import graphed
 
 from . import checkpoint as ckpt
 from . import run_dir
+from . import trackers
 from .analytics import SamplingLog
 from .budget import budget_k
 from .config import BUDGET_METHODS, Config, ConfigError, save_config
@@ -47,8 +48,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
     A preemption signal (SIGTERM/SIGUSR1) or Ctrl-C ends the run early at a step boundary with a checkpoint;
     the summary then has `preempted: true`. A non-finite loss or gradient, a checkpoint that cannot be written
     or a peer that stops answering raises a RunStopped error with the last complete checkpoint named.
+    The trackers of `train.log_with` get every metrics.jsonl row; an `accelerator` passed in logs to the ones it
+    was made with (`make_accelerator(cfg, run=True)`).
     """
-    accelerator = accelerator or make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(cfg, run=True)
     main = accelerator.is_main_process
     out = Path(cfg.out_dir)
     held = {}  # the out_dir lock: the main process's alone (an open file, never sent to the others)
@@ -59,8 +62,10 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
 
     _print(main, on_main(accelerator, claim))
     record = {"started": False}  # set once this run's config.yaml is in out_dir
+    ok = False
     try:
         summary = _train(cfg, accelerator, out, record)
+        ok = True
         if main:
             state = "preempted" if summary.get("preempted") else "finished"
             run_dir.write_status(out, state, step=summary["step"], checkpoint=summary.get("checkpoint"))
@@ -73,6 +78,7 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
                                  checkpoint=str(ckpt.latest_checkpoint(out) or "") or None)
         raise
     finally:
+        trackers.finish(accelerator, failed=not ok)  # however it ended (preempted: ok, with its checkpoint)
         if "lock" in held:
             held["lock"].release()
 
@@ -115,11 +121,12 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})"
                   + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else ""))
+    on_main(accelerator, lambda: trackers.start(accelerator, cfg, step, resumed=resume_from is not None))
 
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    log = run_dir.MetricsLog(out / run_dir.METRICS, main)
+    log = run_dir.MetricsLog(out / run_dir.METRICS, main, mirror=lambda row: trackers.log(accelerator, row))
     world = accelerator.num_processes
 
     def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
