@@ -432,7 +432,7 @@ def test_log_with_forms_and_only_train_gets_trackers(tmp_path):
     """none / a name / comma-separated / a YAML list; make_accelerator gives trackers only with run=True, each
     Accelerator its own folder (several in one process keep theirs)."""
     pytest.importorskip("tensorboard")
-    for value, names in (("none", []), ("", []), ("TensorBoard", ["tensorboard"]),
+    for value, names in (("none", []), ("", []), ("false", []), ("off", []), ("TensorBoard", ["tensorboard"]),
                          ("tensorboard, wandb", ["tensorboard", "wandb"]), ("[tensorboard]", ["tensorboard"])):
         assert trackers.parse(load_config(str(launch_config()), [f"train.log_with={value}"]).train.log_with) == names
 

@@ -70,7 +70,7 @@ def parse(value) -> list[str]:
     An unknown name is a ConfigError listing Accelerate's trackers (with the closest one, for a typo)."""
     items = value.split(",") if isinstance(value, str) else list(value)
     names = [str(n).strip().lower() for n in items if str(n).strip()]
-    if names in ([], ["none"]):
+    if names in ([], ["none"], ["no"], ["false"], ["off"]):  # `log_with: false` in YAML, or =false / =off
         return []
     allowed = known()
     for name in names:
