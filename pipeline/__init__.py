@@ -11,13 +11,14 @@ from .arrays import ImageArrays
 from .cifar import read_cifar
 from .dali import IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, DaliLoader
 from .demo_data import ensure_digits_dataset
+from .errors import DaliMissingError, DataError
 from .folder import FolderIndex, restrict, scan_folder
 from .scan import BadFile, BadImageError, ScanInterrupted, ScanReport, preflight, scan_tree
 from .tensor_loader import TensorLoader
 from .tinyimagenet import scan_tinyimagenet
 
 __all__ = [
-    "ArrayDaliLoader", "BadFile", "BadImageError", "DaliLoader", "FolderIndex", "IMAGENET_LARGEST", "IMAGENET_MEAN",
+    "ArrayDaliLoader", "BadFile", "BadImageError", "DaliLoader", "DaliMissingError", "DataError", "FolderIndex", "IMAGENET_LARGEST", "IMAGENET_MEAN",
     "IMAGENET_STD", "ImageArrays", "ScanInterrupted", "ScanReport", "TensorLoader", "ensure_digits_dataset",
     "preflight", "read_cifar", "restrict", "scan_folder", "scan_tinyimagenet", "scan_tree",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
 from .output_format import dtype_name
 from .sharding import batches_per_epoch, check_epoch_start, epoch_indices, train_batches_per_rank
 
@@ -86,7 +87,7 @@ class ArrayLoaderBase:
                  seed: int = 0, pad: int = 4, hflip: bool = True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  dtype: str | torch.dtype = "float32", channels_last: bool = False):
         if len(arrays) == 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset is empty")
         if arrays.images.dtype != np.uint8 or arrays.images.ndim != 4 or arrays.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 [n, 3, H, W], got {arrays.images.dtype} {arrays.images.shape}")
         for name, value in [("batch_size", batch_size), ("num_shards", num_shards)]:
@@ -97,7 +98,7 @@ class ArrayLoaderBase:
         if seed < 0 or pad < 0:
             raise ValueError(f"seed and pad must be >= 0, got seed={seed}, pad={pad}")
         if train and train_batches_per_rank(len(arrays), batch_size, num_shards) == 0:
-            raise ValueError(f"train set too small: {len(arrays)} images over {num_shards} shard(s) give no full "
+            raise DataError(f"train set too small: {len(arrays)} images over {num_shards} shard(s) give no full "
                              f"batch of {batch_size}; lower the batch size")
         self.arrays = arrays
         self.train, self.batch_size, self.num_shards, self.shard_id, self.seed = train, batch_size, num_shards, shard_id, seed

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
 from .arrays import ImageArrays
 
 CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)  # the UNIX authors' values
@@ -37,7 +38,7 @@ def cifar_folder(root: str | Path, name: str) -> Path:
     for candidate in (root / folder, root):
         if (candidate / meta).is_file() and (candidate / train_files[0]).is_file():
             return candidate
-    raise ValueError(f"data.root={root}: no {name} files here (expected {root}/{folder}/{meta} and "
+    raise DataError(f"data.root={root}: no {name} files here (expected {root}/{folder}/{meta} and "
                      f"{train_files[0]}, the python version of the dataset)")
 
 
@@ -55,26 +56,26 @@ def read_cifar(root: str | Path, name: str, split: str) -> ImageArrays:
             data = np.asarray(entry["data"], dtype=np.uint8)
             lab = np.asarray(entry[label_key], dtype=np.int64)
         except KeyError as e:
-            raise ValueError(f"{folder / file}: no '{e.args[0]}' entry; not a {name} python-format file") from None
+            raise DataError(f"{folder / file}: no '{e.args[0]}' entry; not a {name} python-format file") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
-            raise ValueError(f"{folder / file}: data {data.shape} and {len(lab)} labels; "
+            raise DataError(f"{folder / file}: data {data.shape} and {len(lab)} labels; "
                              "expected [n, 3072] and n labels")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     arrays = ImageArrays(images=np.concatenate(images), labels=np.concatenate(labels), classes=classes)
     if arrays.labels.min() < 0 or arrays.labels.max() >= len(classes):
-        raise ValueError(f"{folder}: labels outside 0..{len(classes) - 1} in the {split} split")
+        raise DataError(f"{folder}: labels outside 0..{len(classes) - 1} in the {split} split")
     return arrays
 
 
 def _load(path: Path) -> dict:
     if not path.is_file():
-        raise ValueError(f"CIFAR file missing: {path}")
+        raise DataError(f"CIFAR file missing: {path}")
     try:
         with path.open("rb") as f:
             entry = pickle.load(f, encoding="latin1")  # written by Python 2: byte strings as latin-1
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__})") from None
+        raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__})") from None
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: not a readable CIFAR pickle (holds a {type(entry).__name__})")
+        raise DataError(f"{path}: not a readable CIFAR pickle (holds a {type(entry).__name__})")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}

@@ -40,6 +40,7 @@ from typing import Iterator
 
 import torch
 
+from .errors import DaliMissingError, DataError
 from .folder import FolderIndex
 from .output_format import dtype_name, nchw_view
 from .scan import BadFile, BadImageError, dali_reason, find_bad_file
@@ -115,12 +116,12 @@ class DaliLoader:
         self.channels_last = bool(channels_last)
         self.gpu = _use_gpu(device)  # checks the device string and CUDA before DALI is needed
         if _DALI_IMPORT_ERROR is not None:
-            raise ImportError(
+            raise DaliMissingError(
                 f"NVIDIA DALI is needed for DaliLoader ({_DALI_IMPORT_ERROR}); "
                 "install it: pip install nvidia-dali-cuda130 (CUDA 12: nvidia-dali-cuda120)"
             )
         if train and train_batches_per_rank(len(index.files), batch_size, num_shards) == 0:
-            raise ValueError(
+            raise DataError(
                 f"train set too small: {len(index.files)} images over {num_shards} shard(s) "
                 f"give no full batch of {batch_size}; lower the batch size"
             )
@@ -399,13 +400,13 @@ def _use_gpu(device: str) -> bool:
     if device not in DEVICES:
         raise ValueError(f"data.dali_device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("data.dali_device=gpu but CUDA is not available")
+        raise DataError("data.dali_device=gpu but CUDA is not available")
     return device == "gpu" or (device == "auto" and torch.cuda.is_available())
 
 
 def _check_args(num_files, batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch) -> None:
     if num_files == 0:
-        raise ValueError("DaliLoader needs at least one file, the index is empty")
+        raise DataError("DaliLoader needs at least one file, the index is empty")
     for name, value in [("batch_size", batch_size), ("image_size", image_size), ("num_shards", num_shards),
                         ("num_threads", num_threads), ("prefetch", prefetch)]:  # fmt: skip
         if not isinstance(value, int) or value < 1:

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import DataError
+
+
 VERSION = 1  # bump when the way images are made changes: older folders are rebuilt
 MANIFEST = "MANIFEST.json"
 OWN_ENTRIES = {"train", "val", MANIFEST}  # what may be replaced at root, under our manifest
@@ -46,7 +49,7 @@ def ensure_digits_dataset(root: str | Path, *, image_size: int = 32, val_fractio
 def _check_ours(root: Path) -> None:
     """Refuse (one line) unless ``root`` holds only what this module writes, under a manifest it wrote."""
     if not root.is_dir():
-        raise ValueError(f"data.root={root} is a file, not a folder; point it at an empty or new folder")
+        raise DataError(f"data.root={root} is a file, not a folder; point it at an empty or new folder")
     why = None
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -60,7 +63,7 @@ def _check_ours(root: Path) -> None:
     if why is None and stray:
         why = f"it holds other files ({', '.join(stray[:3])})"
     if why is not None:
-        raise ValueError(f"data.root={root} is not the demo set: {why}. Not overwriting it with demo data: to "
+        raise DataError(f"data.root={root} is not the demo set: {why}. Not overwriting it with demo data: to "
                          "train on this folder set data.dataset=folder, or point data.root at an empty or new folder")
 
 

@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DataError
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared lower-case: .JPEG and .PNG count too
 SPLITS = ("train", "val")
 SHOW = 5  # names shown in a one-line message
@@ -104,12 +107,12 @@ def scan_folder(root: str | Path, split: str) -> FolderIndex:
     root = Path(root).expanduser().resolve()
     split_dir = root / split
     if not split_dir.is_dir():
-        raise ValueError(f"image folder not found: {split_dir}{layout_hint(root)}")
+        raise DataError(f"image folder not found: {split_dir}{layout_hint(root)}")
     top = list_folder(split_dir)
     classes = top.folders
     if not classes:
         loose = f"; it holds {len(top.images)} image(s) directly" if top.images else ""
-        raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>{loose})")
+        raise DataError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>{loose})")
 
     files: list[str] = []
     labels: list[int] = []
@@ -123,11 +126,11 @@ def scan_folder(root: str | Path, split: str) -> FolderIndex:
         files += [str(split_dir / name / image) for image in listing.images]
         labels += [label] * len(listing.images)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}"
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}"
                          + (f" (found {names(others, 2)})" if others else ""))
     if empty:
         instead = f"; they hold {names(others, 2)}, not {'/'.join(IMAGE_EXTENSIONS)}" if others else ""
-        raise ValueError(f"{split_dir}: {len(empty)} of {len(classes)} class folder(s) have no images "
+        raise DataError(f"{split_dir}: {len(empty)} of {len(classes)} class folder(s) have no images "
                          f"({names(empty)}){instead}; each would still be a class of the model's head "
                          f"({len(classes)} outputs, not {len(classes) - len(empty)}): add images or remove the folder(s)")
     return FolderIndex(files=files, labels=labels, classes=classes, root=str(root))

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import DataError
 from .folder import SPLITS, compare_classes, layout_hint, list_folder
 
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"  # SOI + a marker; the PNG signature
@@ -46,7 +47,7 @@ TAIL = 1024
 PROGRESS_EVERY = 50_000  # scan_tree: a progress line on stderr every this many images
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """An image DALI could not read, found mid-epoch: one line naming the file and how to get a clean list."""
 
     def __init__(self, message: str, path: str | None = None, problem: str | None = None):
@@ -203,11 +204,11 @@ def scan_tree(root: str | Path, workers: int | None = None, *, dali: bool = Fals
     log = log or sys.stderr
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise ValueError(f"scan: no such folder: {root}")
+        raise DataError(f"scan: no such folder: {root}")
     report = ScanReport(root=str(root))
     images = _list_tiny(root) if (root / "wnids.txt").is_file() else _list_folders(root, report)
     if not images:
-        raise ValueError(f"scan: no images under {root} (expected {root}/<split>/<class>/<image>){layout_hint(root)}")
+        raise DataError(f"scan: no images under {root} (expected {root}/<split>/<class>/<image>){layout_hint(root)}")
     workers = workers or os.cpu_count() or 1
     if len(images) >= progress_every:
         print(f"scan: decoding {len(images)} images with {workers} processes", file=log, flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import DataError
 from .folder import IMAGE_EXTENSIONS, FolderIndex
 
 
@@ -29,30 +30,30 @@ def scan_tinyimagenet(root: str | Path, split: str) -> FolderIndex:
         for wnid in classes:
             folder = root / "train" / wnid / "images"
             if not folder.is_dir():
-                raise ValueError(f"Tiny-ImageNet: {folder} missing (class {wnid} is listed in wnids.txt)")
+                raise DataError(f"Tiny-ImageNet: {folder} missing (class {wnid} is listed in wnids.txt)")
             names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not names:
-                raise ValueError(f"Tiny-ImageNet: no images in {folder}")
+                raise DataError(f"Tiny-ImageNet: no images in {folder}")
             files += [str(folder / n) for n in names]
             labels += [label_of[wnid]] * len(names)
     else:
         annotations = root / "val" / "val_annotations.txt"
         if not annotations.is_file():
-            raise ValueError(f"Tiny-ImageNet: {annotations} missing (the val labels)")
+            raise DataError(f"Tiny-ImageNet: {annotations} missing (the val labels)")
         rows = []
         for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in label_of:
-                raise ValueError(f"{annotations}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from "
+                raise DataError(f"{annotations}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from "
                                  f"wnids.txt, got {line.strip()[:60]!r}")
             path = root / "val" / "images" / fields[0]
             if not path.is_file():
-                raise ValueError(f"{annotations}:{line_no}: {path} not found")
+                raise DataError(f"{annotations}:{line_no}: {path} not found")
             rows.append((fields[0], label_of[fields[1]]))
         if not rows:
-            raise ValueError(f"{annotations} lists no images")
+            raise DataError(f"{annotations} lists no images")
         rows.sort()
         files = [str(root / "val" / "images" / name) for name, _ in rows]
         labels = [label for _, label in rows]
@@ -63,8 +64,8 @@ def read_wnids(root: Path) -> list[str]:
     """The class ids listed in ``wnids.txt``, sorted."""
     path = root / "wnids.txt"
     if not path.is_file():
-        raise ValueError(f"data.root={root}: no wnids.txt (expected the Tiny-ImageNet folder: wnids.txt, train/, val/)")
+        raise DataError(f"data.root={root}: no wnids.txt (expected the Tiny-ImageNet folder: wnids.txt, train/, val/)")
     wnids = [w.strip() for w in path.read_text().splitlines() if w.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
-        raise ValueError(f"{path}: expected distinct class ids, one a line")
+        raise DataError(f"{path}: expected distinct class ids, one a line")
     return sorted(wnids)

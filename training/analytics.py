@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 from .files import atomic_path, atomic_write_json
 
 SAMPLING_FILE = "sampling.json"
@@ -33,7 +34,7 @@ class SamplingLog:
         self.loader = loader
         self.count_images = count_images
         if count_images and not hasattr(loader, "sample_order"):
-            raise ValueError("train.count_images=true needs a train loader that reports its sample order")
+            raise UserError("train.count_images=true needs a train loader that reports its sample order")
         self.images = torch.zeros(len(loader.index.files) if count_images else 0, dtype=torch.int32, device=device)
         self.epoch, self.batch, self.order = 0, 0, None
         self._zero()
@@ -134,5 +135,5 @@ class SamplingLog:
 def load_sampling(out_dir: str | Path) -> dict:
     path = Path(out_dir) / SAMPLING_FILE
     if not path.is_file():
-        raise ValueError(f"{path}: not found (written by runs of this version at the end of each epoch)")
+        raise UserError(f"{path}: not found (written by runs of this version at the end of each epoch)")
     return json.loads(path.read_text())

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .errors import UserError
 from .distributed import on_main, wait_long
 from .files import atomic_write_json
 from .guards import CheckpointWriteError
@@ -169,7 +170,7 @@ def checkpoint_problem(ckpt: Path, world_size: int | None = None) -> str | None:
 def load_trainer_state(ckpt: Path, process_index: int) -> dict:
     path = ckpt / f"trainer_state_{process_index}.json"
     if not path.is_file():
-        raise ValueError(f"checkpoint {ckpt} has no state for process {process_index} "
+        raise UserError(f"checkpoint {ckpt} has no state for process {process_index} "
                          "(saved with fewer processes?)")
     return json.loads(path.read_text())
 
@@ -185,14 +186,14 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
     if resume != "auto":
         path = Path(resume).expanduser()
         if not path.is_dir():
-            raise ValueError(f"resume={resume}: no such checkpoint folder")
+            raise UserError(f"resume={resume}: no such checkpoint folder")
         run = path if list_checkpoints(path) else path.parent if list_checkpoints(path.parent) else None
         if run is not None and (run == path or path.name == "checkpoints"):  # a run's folder, or its checkpoints/
-            raise ValueError(f"resume={resume}: a run's folder, not one checkpoint; use resume=auto with "
+            raise UserError(f"resume={resume}: a run's folder, not one checkpoint; use resume=auto with "
                              f"out_dir={run}, or name one of its checkpoints/step-N folders")
         problem = checkpoint_problem(path, world_size)
         if problem:
-            raise ValueError(f"resume={resume}: cannot resume from this checkpoint: {problem}")
+            raise UserError(f"resume={resume}: cannot resume from this checkpoint: {problem}")
         return path, []
     notes = []
     for ckpt in reversed(list_checkpoints(out_dir)):
@@ -203,7 +204,7 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
             return ckpt, notes
         notes.append(f"checkpoint {ckpt} is not usable: {problem}; trying an older one")
     if notes:
-        raise ValueError(f"resume=auto: no usable checkpoint in {checkpoint_root(out_dir)} ({'; '.join(notes)})")
+        raise UserError(f"resume=auto: no usable checkpoint in {checkpoint_root(out_dir)} ({'; '.join(notes)})")
     return None, []
 
 

@@ -17,8 +17,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config problem, worded as one line that names the key."""
 
 

@@ -13,6 +13,7 @@ from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex
 from pipeline.cifar import STATS as CIFAR_STATS
 from pipeline.folder import compare_classes, names
 
+from .errors import UserError
 from .config import Config
 from .distributed import on_main
 from .preprocess import Preprocess, resolve_preprocess
@@ -34,7 +35,7 @@ def dataset_root(cfg: Config) -> Path:
         return Path(ensure_digits_dataset(root, image_size=32))
     root = Path(cfg.data.root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"data.root={cfg.data.root}: no such folder")
+        raise UserError(f"data.root={cfg.data.root}: no such folder")
     return root
 
 
@@ -63,7 +64,7 @@ def build_data(cfg: Config, accelerator) -> Data:
     val_index: FolderIndex = scan(root, "val")
     mismatch = compare_classes(train_index.classes, val_index.classes)
     if mismatch:
-        raise ValueError(f"data.root={root}: {mismatch}; labels are positions in the sorted class list, so both "
+        raise UserError(f"data.root={root}: {mismatch}; labels are positions in the sorted class list, so both "
                          "splits need the same class folders")
     if cfg.data.file_list:
         keep = matched_file_list(cfg.data.file_list, Path(root), train_index.files + val_index.files)
@@ -108,14 +109,14 @@ def read_file_list(path: str, root: Path) -> dict[str, str]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ValueError(f"data.file_list={path}: no such file")
+        raise UserError(f"data.file_list={path}: no such file")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data.file_list={path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserError(f"data.file_list={path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"data.file_list={path}: the list is empty")
+        raise UserError(f"data.file_list={path}: the list is empty")
     resolved = root.expanduser().resolve()
     prefixes = {os.path.normpath(str(r)) + os.sep for r in (root.expanduser().absolute(), resolved)}
     out: dict[str, str] = {}
@@ -140,12 +141,12 @@ def matched_file_list(path: str, root: Path, indexed: list[str]) -> set[str]:
     rerun = f"`python launch.py scan {root} --write-clean-list {path}`"
     if not keep:
         first = next(iter(listed.values()))
-        raise ValueError(f"data.file_list={path}: none of its {len(listed)} lines is an image in train/ or val/ of "
+        raise UserError(f"data.file_list={path}: none of its {len(listed)} lines is an image in train/ or val/ of "
                          f"data.root={root} (first line: {first!r}); the paths are relative to data.root, as {rerun} "
                          "writes them")
     missing = [line for f, line in listed.items() if f not in known and not os.path.exists(f)]
     if missing:
-        raise ValueError(f"data.file_list={path}: {len(missing)} of its {len(listed)} lines name files that do not "
+        raise UserError(f"data.file_list={path}: {len(missing)} of its {len(listed)} lines name files that do not "
                          f"exist under data.root={root} (first: {missing[0]!r}); the folder changed since the list "
                          f"was written: rerun {rerun}")
     return keep
@@ -175,7 +176,7 @@ def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accel
     shown = "; ".join(f"{Path(b.path).relative_to(root) if b.path.startswith(str(root)) else b.path}: {b.problem}"
                       for b in bad[:3])
     if not cfg.data.skip_bad_files:
-        raise ValueError(f"data.root={root}: {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''}); "
+        raise UserError(f"data.root={root}: {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''}); "
                          f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with "
                          "data.file_list=clean.txt, or set data.skip_bad_files=true")
     if accelerator.is_main_process:

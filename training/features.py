@@ -24,6 +24,7 @@ import re
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import UserError
 from .backbones.base import CifarNet
 
 FEATURE_LOSSES = ("none", "at", "sp")
@@ -50,11 +51,11 @@ def default_layers(name: str, model: nn.Module, count: int = 3) -> list[str]:
         for pattern, stages in TV_STAGES:
             if pattern.match(name[3:]):
                 return stages[-count:]
-        raise ValueError(f"model '{name}': no default feature layers for this torchvision family; "
+        raise UserError(f"model '{name}': no default feature layers for this torchvision family; "
                          "set loss.teacher_layers / loss.student_layers to module names")
     info = getattr(model, "feature_info", None)
     if not info:
-        raise ValueError(f"model '{name}' has no timm feature_info; set loss.teacher_layers / "
+        raise UserError(f"model '{name}' has no timm feature_info; set loss.teacher_layers / "
                          "loss.student_layers to module names")
     modules = [f["module"] for f in (info.info if hasattr(info, "info") else info)]
     return modules[-count:]
@@ -73,7 +74,7 @@ def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, stu
     if not teacher_layers and not student_layers:
         t, s = t[:len(s)], s[:len(t)]
     if len(t) != len(s):
-        raise ValueError(f"feature layers: teacher {teacher_name} has {len(t)} ({', '.join(t)}) but student "
+        raise UserError(f"feature layers: teacher {teacher_name} has {len(t)} ({', '.join(t)}) but student "
                          f"{student_name} has {len(s)} ({', '.join(s)}); set loss.teacher_layers and "
                          "loss.student_layers to lists of the same length")
     for key, name, model, layers in (("loss.teacher_layers", teacher_name, teacher, t),
@@ -81,7 +82,7 @@ def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, stu
         known = dict(model.named_modules())
         for layer in layers:
             if layer not in known or layer == "":
-                raise ValueError(f"{key}: model '{name}' has no module '{layer}'")
+                raise UserError(f"{key}: model '{name}' has no module '{layer}'")
     return t, s
 
 
@@ -99,7 +100,7 @@ def capture(model: nn.Module, layers: list[str]):
     for i, layer in enumerate(layers):
         def hook(module, inputs, output, i=i, layer=layer):
             if not isinstance(output, Tensor):
-                raise ValueError(f"feature layer '{layer}' returned {type(output).__name__}, not a tensor")
+                raise UserError(f"feature layer '{layer}' returned {type(output).__name__}, not a tensor")
             if feats[i] is None:
                 feats[i] = output
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -56,13 +58,13 @@ def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
 
 def check_writable_file(path: str | Path, what: str) -> Path:
     """Before expensive work: `path` can be created or replaced as a file (not a folder, parent exists and is
-    writable). Raises a one-line ValueError naming `what` (e.g. '--write-clean-list')."""
+    writable). Raises a one-line UserError naming `what` (e.g. '--write-clean-list')."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"{what} {path}: is a folder; give a file name (e.g. {p / 'clean.txt'})")
+        raise UserError(f"{what} {path}: is a folder; give a file name (e.g. {p / 'clean.txt'})")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"{what} {path}: the folder {parent} does not exist")
+        raise UserError(f"{what} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{what} {path}: not writable")
+        raise UserError(f"{what} {path}: not writable")
     return p

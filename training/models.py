@@ -35,10 +35,11 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import UserError
 from . import backbones  # noqa: F401  (registers the cifar_* models in timm's registry)
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model name or checkpoint problem, worded as one line."""
 
 

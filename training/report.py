@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .errors import UserError
 from .analytics import load_sampling
 from .files import save_figure
 
@@ -25,7 +26,7 @@ def read_metrics(out_dir: Path) -> list[dict]:
     out with a note; a damaged line elsewhere is a one-line error naming the file and the line."""
     path = out_dir / "metrics.jsonl"
     if not path.is_file():
-        raise ValueError(f"{out_dir}: no metrics.jsonl (not a training run folder?)")
+        raise UserError(f"{out_dir}: no metrics.jsonl (not a training run folder?)")
     lines = path.read_text().splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
@@ -37,9 +38,9 @@ def read_metrics(out_dir: Path) -> list[dict]:
             if number == len(lines):
                 print(f"note: {path} line {number} is incomplete (a run killed while writing it); left out")
                 continue
-            raise ValueError(f"{path} line {number} is not valid JSON: {line[:60]!r}") from None
+            raise UserError(f"{path} line {number} is not valid JSON: {line[:60]!r}") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
+            raise UserError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
         rows.append(row)
     return rows
 
@@ -59,7 +60,7 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, no display needed
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: no such run folder")
+        raise UserError(f"{out_dir}: no such run folder")
     rows = read_metrics(out_dir)
     sampling = load_sampling(out_dir)
     method = run_method(out_dir)
@@ -113,7 +114,7 @@ def selected_vs_accuracy(sampling: dict, method: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     if not sampling["eval"]:
-        raise ValueError("sampling.json has no evaluation with per-class accuracy yet (the run has not finished)")
+        raise UserError("sampling.json has no evaluation with per-class accuracy yet (the run has not finished)")
     last = sampling["eval"][-1]
     correct, total = np.asarray(last["per_class_correct"], float), np.asarray(last["per_class_total"], float)
     accuracy = 100 * np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)

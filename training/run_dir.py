@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import UserError
 from . import checkpoint as ckpt
 from .config import Config, to_dict
 from .files import atomic_write_json, atomic_write_text
@@ -53,7 +54,7 @@ class OutDirLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise ValueError(f"out_dir={self.path.parent} is in use by another run ({holder}); wait for it to "
+            raise UserError(f"out_dir={self.path.parent} is in use by another run ({holder}); wait for it to "
                              "end, or pick another out_dir") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)}
@@ -97,14 +98,14 @@ def claim(cfg: Config) -> tuple[OutDirLock, list[str]]:
     may use it (moving an old run aside with overwrite=true). Returns the lock and lines to print."""
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={out} is a file, not a folder")
+        raise UserError(f"out_dir={out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"out_dir={out}: not writable ({e.strerror})") from None
+        raise UserError(f"out_dir={out}: not writable ({e.strerror})") from None
     lock = OutDirLock(out)
     lock.acquire()
     try:
@@ -131,7 +132,7 @@ def _check_owner(cfg: Config, out: Path) -> list[str]:
         return []  # resume one of this out_dir's own checkpoints (find_resume checks which)
     else:
         why = "another run (" + ", ".join(used) + ")"
-    raise ValueError(f"out_dir={out} holds {why}: resume it with resume=auto, pick another out_dir, or set "
+    raise UserError(f"out_dir={out} holds {why}: resume it with resume=auto, pick another out_dir, or set "
                      "overwrite=true to move its files aside (nothing is deleted)")
 
 
@@ -240,6 +241,6 @@ def read_status(out: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: not found (not a run folder, or the run never started)") from None
+        raise UserError(f"{path}: not found (not a run folder, or the run never started)") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable ({e})") from None
+        raise UserError(f"{path}: unreadable ({e})") from None

@@ -23,6 +23,7 @@ from selection import build_selector
 from selection.selectors import resolve_k
 from selection.graphed import graphed
 
+from .errors import UserError
 from . import checkpoint as ckpt
 from . import run_dir
 from . import trackers
@@ -230,7 +231,7 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     need = _checkpoint_bytes(student, cfg.train.keep_checkpoints)
     free = shutil.disk_usage(out).free
     if free < need:
-        raise ValueError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
+        raise UserError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
                          f"{need / 2**30:.2f} GiB")
     path, notes = ckpt.find_resume(cfg.resume, out, fingerprint["world_size"])
     _print(True, notes)
@@ -239,12 +240,12 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     saved = ckpt.load_trainer_state(path, 0)["fingerprint"]
     differs = [f"{k}={saved[k]!r} (this run: {fingerprint.get(k)!r})" for k in saved if saved[k] != fingerprint.get(k)]
     if differs and not cfg.resume_force:
-        raise ValueError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
+        raise UserError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
                          "resume_force=true resumes anyway (the optimizer keeps its saved settings)")
     own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # the unwrapped module's names
     mismatch = shapes_mismatch(own, ckpt.saved_model_shapes(path))
     if mismatch:
-        raise ValueError(f"resume={cfg.resume}: {path} holds another student than model.student="
+        raise UserError(f"resume={cfg.resume}: {path} holds another student than model.student="
                          f"{cfg.model.student}: {mismatch}")
     return path
 
