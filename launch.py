@@ -29,7 +29,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
+    prog = "unixkd" if Path(sys.argv[0]).name == "unixkd" else "launch.py"  # the console command or the script
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in [("train", "train one run (distillation, or plain CE with selection.method=none)"),
                         ("compare", "distil the same student with several methods and print one table"),

@@ -80,3 +80,18 @@ def test_the_slurm_script_takes_its_exit_status_from_the_run(tmp_path, state, jo
     missing = subprocess.run(["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "give out_dir=DIR" in missing.stderr
+
+
+def test_the_unixkd_console_command_is_the_same_parser(tmp_path):
+    """`pip install -e .` installs `unixkd` (setup.cfg console_scripts) beside the interpreter: the same commands
+    and errors as launch.py, from any folder."""
+    exe = Path(sys.executable).with_name("unixkd")
+    if not exe.exists():
+        pytest.skip("the project is not installed in this environment (pip install -e .)")
+    help_ = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: unixkd")
+    for command in ("train", "compare", "eval", "scan", "report", "status", "cost", "bench", "profile"):
+        assert command in help_.stdout
+    status = subprocess.run([str(exe), "status", str(tmp_path / "nowhere")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert status.returncode == 2 and status.stderr.count("\n") == 1 and status.stderr.startswith("error: ")
