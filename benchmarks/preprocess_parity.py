@@ -105,7 +105,7 @@ def make_photos(out: Path, specs=PHOTOS, photos_dir: Path | None = None) -> list
         photo = sources[src]
         W, H = photo.size
         aspect = w / h  # the largest crop of this aspect, a little off centre, resized with Lanczos
-        cw, ch = (W, W / aspect) if W / H < aspect else (H * aspect, H)
+        cw, ch = (W, W / aspect) if aspect > W / H else (H * aspect, H)
         x0, y0 = (W - cw) * 0.4, (H - ch) * 0.6
         image = photo.resize((w, h), Image.LANCZOS, box=(x0, y0, x0 + cw, y0 + ch))
         if kind == "gray":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def _f(v, fmt: str) -> str:
@@ -124,7 +125,7 @@ def profile_table(r: dict, path: str) -> str:
 
 def main(paths: list[str]) -> None:
     for path in paths:
-        r = json.loads(open(path).read())
+        r = json.loads(Path(path).read_text())
         print(bench_table(r, path) if r["kind"] == "unixkd bench" else profile_table(r, path))
         print()
 

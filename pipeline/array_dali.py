@@ -10,14 +10,14 @@ in gpu mode (``device="gpu"``; the images cross to the device inside the pipelin
 from __future__ import annotations
 
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .errors import DaliMissingError
 from .arrays import ArrayLoaderBase, ImageArrays
 from .dali import _DALI_IMPORT_ERROR, _Epoch, _use_gpu
+from .errors import DaliMissingError
 
 
 class ArrayDaliLoader(ArrayLoaderBase):

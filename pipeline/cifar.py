@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
 from .arrays import ImageArrays
+from .errors import DataError
 
 CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)  # the UNIX authors' values
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)

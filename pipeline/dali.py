@@ -35,8 +35,8 @@ import base64
 import re
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -44,8 +44,7 @@ from .errors import DaliMissingError, DataError
 from .folder import FolderIndex
 from .output_format import dtype_name, nchw_view
 from .scan import BadFile, BadImageError, dali_reason, find_bad_file
-from .sharding import (augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices,
-                       train_batches_per_rank)
+from .sharding import augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices, train_batches_per_rank
 
 try:
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy

@@ -18,7 +18,6 @@ from PIL import Image
 
 from .errors import DataError
 
-
 VERSION = 1  # bump when the way images are made changes: older folders are rebuilt
 MANIFEST = "MANIFEST.json"
 OWN_ENTRIES = {"train", "val", MANIFEST}  # what may be replaced at root, under our manifest

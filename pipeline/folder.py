@@ -8,12 +8,12 @@ empty class folder, a root that is a split folder itself — is a one-line Value
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared lower-case: .JPEG and .PNG count too
 SPLITS = ("train", "val")
@@ -75,10 +75,8 @@ def layout_hint(root: Path) -> str:
                 f"expected {root}/train/<class>/<image>")
     looks_like_split = root.name in SPLITS
     for sub in top.folders[:3]:  # class folders with images in them: root is a split folder
-        try:
+        with contextlib.suppress(OSError):
             looks_like_split = looks_like_split or bool(list_folder(root / sub).images)
-        except OSError:
-            pass
     if looks_like_split:
         return (f" — {root} looks like a split folder itself (<class>/<image>); did you mean the parent folder "
                 f"{root.parent}?")

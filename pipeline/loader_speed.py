@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from .arrays import ImageArrays
 from .array_dali import ArrayDaliLoader
+from .arrays import ImageArrays
 from .cifar import CIFAR100_MEAN, CIFAR100_STD, read_cifar
 from .tensor_loader import TensorLoader
 
@@ -31,7 +31,7 @@ def time_epochs(loader, epochs: int, device: torch.device) -> list[float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for images, labels in loader:
+        for _ in loader:
             pass
         if device.type == "cuda":
             torch.cuda.synchronize()  # sync: the last batch is really done

@@ -5,6 +5,8 @@ UNIX replayed from one CUDA graph, with its CPU twin (graphed.py).
 Knows tensors and a student callable; nothing of DALI or Accelerate. Formulas: SPEC.md §2-§3.
 """
 
+from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # importing registers them
+from .graphed import GraphedUnixSelector, StaticGraph, graphed
 from .selectors import (
     PICK_CRITERIA,
     SCORE_MODES,
@@ -23,11 +25,9 @@ from .selectors import (
     score,
     to_device,
 )
+from .tl import TLCutMixPickSelector, TLCutMixSelector, TLMixupSelector  # importing registers them
 from .uncertainty import CRITERIA, uncertainty
 from .unix import UnixMix, correction_factor, mix, unix_mix
-from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # importing registers them
-from .tl import TLCutMixPickSelector, TLCutMixSelector, TLMixupSelector  # importing registers them
-from .graphed import GraphedUnixSelector, StaticGraph, graphed
 
 METHODS = tuple(SELECTORS)  # every registered method, in registration order
 

@@ -21,7 +21,7 @@ last batch) takes the eager path, never a wrong answer.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

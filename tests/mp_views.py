@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accelerate import Accelerator  # noqa: E402
+
 from test_views import batches, build, reference_loss, select  # noqa: E402
 
 

@@ -41,14 +41,16 @@ def entropy_rank(student, images):
         z = student.fc(images.flatten(1)).double().numpy()
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    return np.argsort(-(-(p * np.log(p)).sum(1)), kind="stable")
+    entropy = -(p * np.log(p)).sum(1)
+    return np.argsort(-entropy, kind="stable")  # most uncertain first
 
 
 def margin_rank(student, images):
     with torch.no_grad():
         p = torch.softmax(student.fc(images.flatten(1)).double(), 1).numpy()
     top = np.sort(p, 1)[:, ::-1]
-    return np.argsort(-(-(top[:, 0] - top[:, 1])), kind="stable")
+    margin = top[:, 0] - top[:, 1]
+    return np.argsort(margin, kind="stable")  # smallest margin (most uncertain) first
 
 
 @pytest.mark.parametrize("criterion,ranker", [("entropy", entropy_rank), ("margin", margin_rank)])

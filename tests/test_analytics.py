@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_report_draws_three_pngs(tmp_path, extra, capsys):
     assert [p.rsplit("/", 1)[-1] for p in printed] == ["sampling_heatmap.png", "selected_vs_accuracy.png",
                                                        "curves.png"]
     for name in printed:
-        data = open(name, "rb").read()
+        data = Path(name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 

@@ -94,7 +94,7 @@ def test_bench_both_modes_with_the_timm_peer(tmp_path, digits_root, teacher_ckpt
     # the fast path: on a CPU the run as configured is the eager path, and its rows say so
     assert r["fast_path"]["resolved"] == {"selection": "eager", "teacher": "eager", "student": "eager"}
     assert r["fast_path"]["timed"] == ["eager"] and "resolves to eager" in r["fast_path"]["note"]
-    for (mode, name), row in rows.items():
+    for (_mode, name), row in rows.items():
         ours = name != "timm-kd"
         assert row["selector"] == (name if ours else None) and row["fast_path"] == ("eager" if ours else None)
         assert row["modes"] == ({"selection": "eager", "teacher": "eager", "student": "eager"} if ours else None)

@@ -16,10 +16,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from test_models import TINY, one_line_error
 from training.config import ConfigError, load_config
 from training.models import create_model, load_checkpoint
-
-from test_models import TINY, one_line_error
 
 
 def tensors(model: nn.Module) -> dict:

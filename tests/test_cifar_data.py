@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.arrays import ImageArrays, crop_plan, pad_crop_flip
 from pipeline.array_dali import ArrayDaliLoader
+from pipeline.arrays import ImageArrays, crop_plan, pad_crop_flip
 from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD, read_cifar
 from pipeline.tensor_loader import TensorLoader
 from synthetic_data import write_cifar

@@ -27,10 +27,9 @@ import launch
 import pipeline
 from pipeline import BadImageError, DaliLoader, preflight, scan_folder, scan_tree
 from pipeline.scan import TAIL, preflight_problem
+from test_train_e2e import small_config
 from training.data import matched_file_list
 from training.trainer import train
-
-from test_train_e2e import small_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -223,7 +223,7 @@ def test_graph_replay_equals_eager_over_many_steps(channels_last):
         a.to(memory_format=torch.channels_last), b.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(8)
     agree = []
-    for step in range(30):
+    for _ in range(30):
         x, y = batch(gen, device=dev)
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
@@ -289,7 +289,6 @@ def test_graph_short_last_batch_and_teacher_graph():
 def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
     """With a scaler (fp16), an inf gradient is routine (the scaler skips the step); a NaN loss still stops."""
     from test_step import CPUAccelerator
-
     from training.guards import NonFiniteError
     from training.step import DistillStep
 

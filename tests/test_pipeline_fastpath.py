@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import (IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, ArrayDaliLoader, DaliLoader, ImageArrays,
-                      TensorLoader, scan_folder)
+from pipeline import (
+    IMAGENET_LARGEST,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDaliLoader,
+    DaliLoader,
+    ImageArrays,
+    TensorLoader,
+    scan_folder,
+)
 from training.config import ConfigError, load_config
 
 DEMO = "configs/demo.yaml"

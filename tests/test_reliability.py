@@ -13,12 +13,10 @@ from PIL import Image
 
 import launch
 from pipeline import preflight, scan_tree
+from test_train_e2e import read_rows, small_config
 from training import checkpoint as ckpt
 from training.guards import NonFiniteError, all_finite
 from training.trainer import train
-
-from test_train_e2e import read_rows, small_config
-
 
 # ---------------------------------------------------------------- a dataset with planted problems
 

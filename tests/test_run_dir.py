@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import launch
+from test_train_e2e import read_rows, small_config
 from training import checkpoint as ckpt
 from training import run_dir
 from training.config import ConfigError
@@ -23,8 +24,6 @@ from training.files import atomic_path, atomic_write_text
 from training.guards import CheckpointWriteError
 from training.report import read_metrics
 from training.trainer import train
-
-from test_train_e2e import read_rows, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -281,10 +280,9 @@ def test_one_row_per_step_for_a_batchnorm_student_is_refused_before_training(tmp
 def test_atomic_writes_leave_the_old_file_when_the_writer_dies(tmp_path):
     path = tmp_path / "metrics.json"
     atomic_write_text(path, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(path) as tmp:
-            tmp.write_text("half of the new")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 

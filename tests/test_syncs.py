@@ -250,7 +250,6 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
     """train() end to end on the digits set under HostReads: every read is attributed to the step count at that
     moment. Steps read nothing; the loop between them reads only after a log step or a checkpoint."""
     from test_train_e2e import small_config
-
     from training import step as step_module
     from training.trainer import train
 

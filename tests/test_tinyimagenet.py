@@ -56,7 +56,7 @@ def test_dali_train_images_are_padded_crops_of_the_decoded_images(tiny_root):
     common = dict(image_size=64, batch_size=4, device="cpu", num_threads=1, seed=0, pad=8)
     val = DaliLoader(index, train=False, **common)  # the train files, unaugmented
     decoded = {}
-    for x, y in val:
+    for x, _labels in val:
         for img in x.numpy():
             decoded[len(decoded)] = img
     mean = np.array(IMAGENET_MEAN)[:, None, None]

@@ -19,12 +19,11 @@ import pytest
 import yaml
 
 import launch
+from test_train_e2e import launch_config, read_rows, small_config
 from training import trackers
 from training.config import ConfigError, load_config
 from training.distributed import make_accelerator
 from training.trainer import train
-
-from test_train_e2e import launch_config, read_rows, small_config
 
 REPO = Path(__file__).resolve().parent.parent
 STEPWISE = ("train.log_every=1", "train.checkpoint_every=2", "train.eval_every=0")
@@ -236,6 +235,7 @@ def test_a_preempted_run_ends_its_trackers_and_its_resume_continues_them(tmp_pat
     """SIGTERM during step 2: the run saves and returns `preempted`; its TensorBoard writer is closed (finish
     ran once) with every row up to the preempted summary in it; the resume continues the same record."""
     import accelerate.tracking
+
     import training.step as step_module
 
     finished, calls = [], {"n": 0}

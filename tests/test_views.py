@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from selection import build_selector
+from test_step import CPUAccelerator
 from training.config import OptimConfig
 from training.features import FeatureDistill, default_layers
 from training.models import create_model
 from training.optim import build_optimizer
 from training.step import DistillStep
 from training.views import SeparateViews
-
-from test_step import CPUAccelerator
 
 N, C, S, T, LR, WD = 8, 10, 16, 4.0, 0.05, 5e-4
 STEPS = 3

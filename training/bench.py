@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -46,8 +46,19 @@ from .cost import CostLedger
 from .fastpath import TeacherForward, eager_step, step_modes
 from .step import DistillStep, StepCounts
 from .targets import format_targets, targets
-from .timing import (Clock, EventClock, build_timed_run, endless, environment, median, mfu, peak_flops,
-                     synthetic_batch, teacher_weights, timing_data)
+from .timing import (
+    Clock,
+    EventClock,
+    build_timed_run,
+    endless,
+    environment,
+    median,
+    mfu,
+    peak_flops,
+    synthetic_batch,
+    teacher_weights,
+    timing_data,
+)
 from .trainer import make_accelerator, make_selector
 
 PEERS = ("timm",)

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import UserError
 from .distributed import on_main, wait_long
+from .errors import UserError
 from .files import atomic_write_json
 from .guards import CheckpointWriteError
 
@@ -237,4 +237,4 @@ def saved_model_shapes(ckpt: Path) -> dict[str, tuple]:
     from safetensors import safe_open
 
     with safe_open(str(ckpt / MODEL_FILE), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)

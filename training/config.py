@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -46,11 +46,11 @@ class DataConfig:
     # dataset, what timm resolves from a timm teacher's pretrained cfg (crop_pct, interpolation, crop_mode, mean, std),
     # else torchvision's ImageNet eval transform (Resize 256 / CenterCrop 224 = 0.875, bilinear, ImageNet mean/std);
     # digits, CIFAR and Tiny-ImageNet keep their fixed stats. An explicit value wins.
-    val_resize_ratio: Union[float, str] = "auto"  # timm's crop_pct: val resizes to floor(image_size / ratio), in (0, 1]
+    val_resize_ratio: float | str = "auto"  # timm's crop_pct: val resizes to floor(image_size / ratio), in (0, 1]
     val_interpolation: str = "auto"  # auto | bilinear | bicubic (val resize filter, antialiased like PIL)
     val_crop_mode: str = "auto"  # auto | center (shorter side to the resize target) | squash (both sides to it)
-    mean: Union[list[float], str] = "auto"  # per RGB channel in 0..1; train and val (one normalization for both)
-    std: Union[list[float], str] = "auto"
+    mean: list[float] | str = "auto"  # per RGB channel in 0..1; train and val (one normalization for both)
+    std: list[float] | str = "auto"
     file_list: str = ""  # optional: only these files (paths relative to root, e.g. from `launch.py scan`)
     preflight: bool = True  # check every file before training (exists, non-empty, JPEG/PNG start and end markers)
     skip_bad_files: bool = False  # on a failed pre-flight: leave the bad files out instead of refusing
@@ -86,19 +86,19 @@ class TeacherTrainConfig:
 @dataclass
 class SelectionConfig:
     method: str = "unix"  # none (plain CE, no teacher) | one of METHODS below (selection/)
-    k: Union[int, float] = 0.75  # count of the N images, or a fraction of N
+    k: int | float = 0.75  # count of the N images, or a fraction of N
     alpha: float = 0.2  # lam ~ Beta(alpha, alpha), for every mixing method (TL paper: 1.0)
     w: float = 10.0  # correction-factor slope
-    b: Union[int, float, None] = None  # how many images get c < 0.5; None: N // 2
+    b: int | float | None = None  # how many images get c < 0.5; None: N // 2
     criterion: str = "entropy"  # entropy | confidence | margin
     score_mode: str = "train"  # BatchNorm mode of the scoring forward: train (authors) | eval
     # TL-augmentation (tlmixup, tlcutmix, tlcutmix_pick): these replace loss.ce_weight / loss.kd_weight
     tl_alpha: float = 0.9  # clean batch (1 - a)·CE + a·KD; extra view a·KL
     pool: int = 2  # pick: CutMix views per image
-    n_pick: Union[int, float] = 1.0  # pick: pool rows trained on, a count or a fraction of N
+    n_pick: int | float = 1.0  # pick: pool rows trained on, a count or a fraction of N
     pick_criterion: str = "kl"  # kl | teacher_entropy | student_entropy
     # compute-budget mode: choose k so a run spends this share of conventional KD's FLOPs (replaces k)
-    budget: Optional[float] = None
+    budget: float | None = None
     budget_convention: str = "paper"  # paper (B_s = F_s) | measured
 
 
@@ -158,7 +158,7 @@ class TrainConfig:
     # experiment trackers beside metrics.jsonl, through Accelerate (training/trackers.py): none | a name | names
     # (tensorboard, wandb, ...: "tensorboard,wandb" or a list) | all (every installed one); they write under
     # <out_dir>/trackers/. tracker_project: the W&B / Comet project, MLflow experiment, TensorBoard subfolder
-    log_with: Union[str, list[str]] = "none"
+    log_with: str | list[str] = "none"
     tracker_project: str = "unixkd"
 
 
@@ -237,7 +237,7 @@ def apply_override(cfg: Config, item: str) -> None:
     key = key.strip()
     *parents, leaf = key.split(".")
     node: Any = cfg
-    for i, part in enumerate(parents):
+    for part in parents:
         if not dataclasses.is_dataclass(node) or part not in _field_types(type(node)):
             raise ConfigError(f"unknown config key '{key}'" + _suggest(node, part))
         node = getattr(node, part)
@@ -339,9 +339,7 @@ def _coerce(value, tp, key: str):
             return value
     elif tp is float:
         number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):  # PyYAML reads 1e-4 as a string
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
             number = float(value)
         if number is not None:
             if not math.isfinite(number):  # .inf, .nan, 1e999: nothing trains with them

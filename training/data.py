@@ -8,14 +8,25 @@ from pathlib import Path
 
 import torch
 
-from pipeline import (IMAGENET_LARGEST, ArrayDaliLoader, DaliLoader, FolderIndex, TensorLoader, ensure_digits_dataset,
-                      preflight, read_cifar, restrict, scan_folder, scan_tinyimagenet)
+from pipeline import (
+    IMAGENET_LARGEST,
+    ArrayDaliLoader,
+    DaliLoader,
+    FolderIndex,
+    TensorLoader,
+    ensure_digits_dataset,
+    preflight,
+    read_cifar,
+    restrict,
+    scan_folder,
+    scan_tinyimagenet,
+)
 from pipeline.cifar import STATS as CIFAR_STATS
 from pipeline.folder import compare_classes, names
 
-from .errors import UserError
 from .config import Config
 from .distributed import on_main
+from .errors import UserError
 from .preprocess import Preprocess, resolve_preprocess
 
 

@@ -15,8 +15,9 @@ watchdog aborts the process with its own message. Either way the launcher then s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist

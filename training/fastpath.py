@@ -14,7 +14,7 @@ Everything here has an eager twin that gives the same numbers; CPU runs use it u
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

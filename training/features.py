@@ -24,8 +24,8 @@ import re
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
 from .backbones.base import CifarNet
+from .errors import UserError
 
 FEATURE_LOSSES = ("none", "at", "sp")
 

@@ -35,8 +35,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import UserError
 from . import backbones  # noqa: F401  (registers the cifar_* models in timm's registry)
+from .errors import UserError
 
 
 class ModelError(UserError):

@@ -22,8 +22,8 @@ the counter. A graphed selection is one replay, where forward hooks do not fire:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from selection import GraphedUnixSelector
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .errors import UserError
 from .analytics import load_sampling
+from .errors import UserError
 from .files import save_figure
 
 REPORT_DIR = "report"

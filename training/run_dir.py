@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
 from . import checkpoint as ckpt
 from .config import Config, to_dict
+from .errors import UserError
 from .files import atomic_write_json, atomic_write_text
 
 LOCK = ".lock"

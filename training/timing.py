@@ -13,8 +13,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import yaml

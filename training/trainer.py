@@ -20,23 +20,28 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from selection import build_selector
-from selection.selectors import resolve_k
 from selection.graphed import graphed
+from selection.selectors import resolve_k
 
-from .errors import UserError
 from . import checkpoint as ckpt
-from . import run_dir
-from . import trackers
+from . import run_dir, trackers
 from .analytics import SamplingLog
 from .budget import budget_k
 from .config import BUDGET_METHODS, Config, ConfigError, save_config
 from .cost import CostLedger, measure_pair
 from .data import build_data
-from .evaluate import evaluate
-from .fastpath import (TeacherForward, apply_channels_last, compile_student, configure_backends,
-                       selection_graph_mode, teacher_mode)
-from .features import FeatureDistill, resolve_layers
 from .distributed import make_accelerator, on_main
+from .errors import UserError
+from .evaluate import evaluate
+from .fastpath import (
+    TeacherForward,
+    apply_channels_last,
+    compile_student,
+    configure_backends,
+    selection_graph_mode,
+    teacher_mode,
+)
+from .features import FeatureDistill, resolve_layers
 from .guards import NonFiniteError, PeerTimeoutError, PreemptionFlag, RunStopped, is_collective_timeout
 from .models import create_model, shapes_mismatch
 from .optim import build_optimizer, build_scheduler
@@ -269,7 +274,7 @@ def data_identity(data) -> dict:
             h.update((f[len(root):] if f.startswith(root) else f).encode() + b"\n")
         n = len(index.files)
     else:
-        labels = getattr(data.train, "labels")
+        labels = data.train.labels
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
         h.update(labels.tobytes())
         n = len(labels)

@@ -9,7 +9,7 @@ The rest of timm's model interface (default cfgs, global_pool, grad checkpointin
 TorchScript) is held to timm's own model tests in tests/test_backbones.py.
 """
 
-from . import cifar_mobilenetv2, cifar_resnet, cifar_shufflenet, cifar_vgg, cifar_wrn
+from . import cifar_mobilenetv2, cifar_resnet, cifar_shufflenet, cifar_vgg, cifar_wrn  # noqa: F401 (registers them)
 from .base import CifarNet
 
 NAMES = (

@@ -20,7 +20,6 @@ No `from __future__ import annotations` here: an FX-traced graph copies `forward
 and TorchScript cannot read them back as strings.
 """
 
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -43,8 +42,8 @@ def conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int
 class CifarNet(nn.Module):
     """stem → stages[0..S-1] → final → global pool → (dropout) → fc."""
 
-    def __init__(self, stem: nn.Module, stages: List[nn.Module], final: nn.Module, *, stem_chs: int,
-                 stage_chs: List[int], stage_reductions: List[int], num_features: int, num_classes: int = 100,
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, *, stem_chs: int,
+                 stage_chs: list[int], stage_reductions: list[int], num_features: int, num_classes: int = 100,
                  stem_reduction: int = 1, drop_rate: float = 0.0, global_pool: str = "avg"):
         super().__init__()
         self.stem = stem
@@ -64,7 +63,7 @@ class CifarNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new fc for `num_classes` (0: none, forward gives the pooled features); `global_pool` None keeps the
         pooling, '' removes it (then only with num_classes 0: forward gives the last feature map)."""
         if global_pool is None:
@@ -80,7 +79,7 @@ class CifarNet(nn.Module):
 
     # --- timm's training helpers ----------------------------------------------------------------------
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
         """Parameter groups for timm's layer-wise lr decay: stem, then each stage (coarse) or each module of a
         stage's Sequential (fine), then `final`; the fc goes last."""
         return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
@@ -101,12 +100,12 @@ class CifarNet(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Last feature map and the features at `indices` (None: all; int n: the last n; list: those)."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be NCHW, got {output_fmt!r}")
@@ -129,8 +128,8 @@ class CifarNet(nn.Module):
             return x, intermediates
         return self.final(x), intermediates
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
         """Drop what the features at `indices` do not need (timm's features_only calls this); returns the indices."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         if max_index < len(self.stages):
@@ -161,7 +160,7 @@ class CifarNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def default_cfg(pool_size: Tuple[int, int], **overrides) -> dict:
+def default_cfg(pool_size: tuple[int, int], **overrides) -> dict:
     """timm pretrained-cfg for a CIFAR net: no weights to download, 32×32 input, CIFAR-100 statistics.
 
     `pool_size`: the last feature map at 32 px (forward_features' H×W). Not fixed-size: the same nets run the
