@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = "unixkd" if Path(sys.argv[0]).name == "unixkd" else "launch.py"  # the console command or the script
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in [("train", "train one run (distillation, or plain CE with selection.method=none)"),
-                        ("compare", "distil the same student with several methods and print one table"),
-                        ("eval", "evaluate a student checkpoint on the val split")]:
+    for name, help_ in [
+        ("train", "train one run (distillation, or plain CE with selection.method=none)"),
+        ("compare", "distil the same student with several methods and print one table"),
+        ("eval", "evaluate a student checkpoint on the val split"),
+    ]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, help="YAML file in configs/")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selection.k=0.75")
@@ -44,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
-    p.add_argument("--dali", action="store_true",
-                   help="decode the files PIL reads once more with DALI's CPU decoder (finds the files DALI rejects "
-                        "or crashes on; ~1.5x the time)")
+    p.add_argument(
+        "--dali",
+        action="store_true",
+        help="decode the files PIL reads once more with DALI's CPU decoder (finds the files DALI rejects "
+        "or crashes on; ~1.5x the time)",
+    )
     p = sub.add_parser("report", help="draw a finished run's figures into <out_dir>/report/")
     p.add_argument("out_dir", help="the run folder (holds metrics.jsonl and sampling.json)")
     p = sub.add_parser("status", help="how a run ended: exit 0 if it finished or was preempted with a checkpoint")
@@ -86,8 +91,10 @@ def cmd_train(args) -> int:
     if summary.get("preempted"):
         if _is_main():
             what = "interrupted (SIGINT)" if summary["signal"] == "SIGINT" else f"preempted by {summary['signal']}"
-            print(f"{what} at step {summary['step']}: checkpoint {summary['checkpoint']}; "
-                  f"resume with the same command plus resume=auto")
+            print(
+                f"{what} at step {summary['step']}: checkpoint {summary['checkpoint']}; "
+                f"resume with the same command plus resume=auto"
+            )
         return 0
     if _is_main():
         wall = time.perf_counter() - t0
@@ -95,11 +102,15 @@ def cmd_train(args) -> int:
             print(f"teacher ({cfg.model.teacher}) trained here: top-1 {teacher_run['top1']:.2f}%")
         if "teacher_top1" in summary:
             print(f"teacher {cfg.model.teacher}: top-1 {summary['teacher_top1']:.2f}%")
-        print(f"student {cfg.model.student} ({cfg.selection.method}): top-1 {summary['top1']:.2f}%  "
-              f"top-5 {summary['top5']:.2f}%")
-        print(f"cost: {summary['cost_fraction']:.4f} of conventional KD's FLOPs on the same {summary['step']} "
-              f"steps (B_s = F_s; {summary['cost_fraction_measured']:.4f} with the counted B_s; teacher saw "
-              f"{summary['teacher_images']} images)  wall-clock {wall:.1f} s")
+        print(
+            f"student {cfg.model.student} ({cfg.selection.method}): top-1 {summary['top1']:.2f}%  "
+            f"top-5 {summary['top5']:.2f}%"
+        )
+        print(
+            f"cost: {summary['cost_fraction']:.4f} of conventional KD's FLOPs on the same {summary['step']} "
+            f"steps (B_s = F_s; {summary['cost_fraction_measured']:.4f} with the counted B_s; teacher saw "
+            f"{summary['teacher_images']} images)  wall-clock {wall:.1f} s"
+        )
         print(f"outputs: {cfg.out_dir}/metrics.jsonl, {cfg.out_dir}/final/")
     return 0
 
@@ -115,8 +126,10 @@ def cmd_compare(args) -> int:
 
     bad = [m for m in methods if m not in CHOICES["selection.method"] or m == "none"]
     if not methods or bad:
-        raise ConfigError(f"--methods: unknown method(s) {bad or methods}; "
-                          f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}")
+        raise ConfigError(
+            f"--methods: unknown method(s) {bad or methods}; "
+            f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}"
+        )
     rows = run_methods(cfg, methods)
     if _is_main():
         print(format_table(rows))
@@ -134,13 +147,19 @@ def cmd_eval(args) -> int:
     overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
     ckpts = [o.split("=", 1)[1] for o in args.overrides if o.startswith("checkpoint=")]
     if len(ckpts) != 1 or not ckpts[0]:
-        raise ConfigError("eval needs exactly one checkpoint=<the student's weights: a file, or a folder such as "
-                          "runs/demo/final>")
+        raise ConfigError(
+            "eval needs exactly one checkpoint=<the student's weights: a file, or a folder such as runs/demo/final>"
+        )
     cfg = load_config(args.config, overrides)
     accelerator = make_accelerator(cfg)
     data = build_data(cfg, accelerator)
-    model = create_model(cfg.model.student, cfg.model.num_classes or len(data.classes), checkpoint=ckpts[0],
-                         trust=cfg.model.trust_checkpoint, log=accelerator.print)  # EMA weights if the file has them
+    model = create_model(
+        cfg.model.student,
+        cfg.model.num_classes or len(data.classes),
+        checkpoint=ckpts[0],
+        trust=cfg.model.trust_checkpoint,
+        log=accelerator.print,
+    )  # EMA weights if the file has them
     model = accelerator.prepare_model(model, evaluation_mode=True)
     result = evaluate(model, data.val, accelerator)
     if _is_main():
@@ -188,17 +207,23 @@ def _scan(args) -> int:
         print(f"classes {report.class_mismatch}")
     for path in report.ignored:
         print(f"ignored {path} (not an image file; the loader skips it)")
-    print(f"scanned {len(report.good) + len(report.bad)} images under {report.root}: {len(report.good)} good, "
-          f"{len(report.bad)} bad, {len(report.empty_classes)} empty class folder(s), "
-          f"{'train/val class mismatch, ' if report.class_mismatch else ''}{len(report.ignored)} ignored")
+    print(
+        f"scanned {len(report.good) + len(report.bad)} images under {report.root}: {len(report.good)} good, "
+        f"{len(report.bad)} bad, {len(report.empty_classes)} empty class folder(s), "
+        f"{'train/val class mismatch, ' if report.class_mismatch else ''}{len(report.ignored)} ignored"
+    )
     if not report.layout_ok:
-        print("layout: training refuses this folder until its class folders are fixed (add images to or remove the "
-              "empty ones; give train/ and val/ the same classes): a clean list or data.skip_bad_files cannot "
-              "change the classes")
+        print(
+            "layout: training refuses this folder until its class folders are fixed (add images to or remove the "
+            "empty ones; give train/ and val/ the same classes): a clean list or data.skip_bad_files cannot "
+            "change the classes"
+        )
     if args.write_clean_list:
         atomic_write_text(args.write_clean_list, "".join(path + "\n" for path in report.good))
-        print(f"clean list: {args.write_clean_list} ({len(report.good)} files; train with "
-              f"data.root={report.root} data.file_list={args.write_clean_list})")
+        print(
+            f"clean list: {args.write_clean_list} ({len(report.good)} files; train with "
+            f"data.root={report.root} data.file_list={args.write_clean_list})"
+        )
     return 0 if report.clean else 1
 
 
@@ -243,8 +268,10 @@ def add_measure_commands(sub) -> None:
     p.add_argument("--bs-over-fs", type=float, help="with --ft-over-fs: B_s/F_s for --convention measured")
     p.add_argument("--budget", type=float, help="a fraction of KD's cost: print the k that meets it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    for name, help_ in [("bench", "time each selector's training step side by side (img/s, step and FLOP ratios)"),
-                        ("profile", "time each phase of the step next to its FLOPs; writes profile.json/.png")]:
+    for name, help_ in [
+        ("bench", "time each selector's training step side by side (img/s, step and FLOP ratios)"),
+        ("profile", "time each phase of the step next to its FLOPs; writes profile.json/.png"),
+    ]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, help="YAML file in configs/")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -255,11 +282,17 @@ def add_measure_commands(sub) -> None:
             p.add_argument("--selectors", default="kd,random,unix", help="comma-separated selector names")
             p.add_argument("--data", default="synthetic", help="synthetic | pipeline | both")
             p.add_argument("--peer", help="timm: add timm's LogitDistillationTask on an ImageFolder DataLoader")
-            p.add_argument("--fast-path", default="fused",
-                           help="fused (the run as it resolves: CUDA graphs on a GPU) | eager | both, side by side")
-            p.add_argument("--teacher-modes", default="auto",
-                           help="teacher-forward micro-benchmark: auto (eager,graph,compile on CUDA; eager on CPU), "
-                                "none, or a list of eager,graph,compile")
+            p.add_argument(
+                "--fast-path",
+                default="fused",
+                help="fused (the run as it resolves: CUDA graphs on a GPU) | eager | both, side by side",
+            )
+            p.add_argument(
+                "--teacher-modes",
+                default="auto",
+                help="teacher-forward micro-benchmark: auto (eager,graph,compile on CUDA; eager on CPU), "
+                "none, or a list of eager,graph,compile",
+            )
             p.add_argument("--json", dest="json_path", help="write the result (every raw time) to this file")
         else:
             p.add_argument("--selector", help="selector to profile (default: the config's selection.method)")
@@ -270,9 +303,18 @@ def add_measure_commands(sub) -> None:
 def cmd_cost(args) -> int:
     from training.cost_report import cost_report, format_cost
 
-    report = cost_report(teacher=args.teacher, student=args.student, image_size=args.image_size, N=args.batch_size,
-                         k=args.k, num_classes=args.num_classes, convention=args.convention,
-                         ft_over_fs=args.ft_over_fs, bs_over_fs=args.bs_over_fs, budget=args.budget)
+    report = cost_report(
+        teacher=args.teacher,
+        student=args.student,
+        image_size=args.image_size,
+        N=args.batch_size,
+        k=args.k,
+        num_classes=args.num_classes,
+        convention=args.convention,
+        ft_over_fs=args.ft_over_fs,
+        bs_over_fs=args.bs_over_fs,
+        budget=args.budget,
+    )
     print(json.dumps(report) if args.json else format_cost(report))
     return 0
 
@@ -284,8 +326,17 @@ def cmd_bench(args) -> int:
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
-    result = bench(cfg, selectors=selectors, steps=args.steps, warmup=args.warmup, data=args.data, peer=args.peer,
-                   fast_path=args.fast_path, teacher_modes=args.teacher_modes, note=args.note)
+    result = bench(
+        cfg,
+        selectors=selectors,
+        steps=args.steps,
+        warmup=args.warmup,
+        data=args.data,
+        peer=args.peer,
+        fast_path=args.fast_path,
+        teacher_modes=args.teacher_modes,
+        note=args.note,
+    )
     result["cli_args"] = vars(args)
     print(format_table(result))
     if args.json_path:
@@ -300,8 +351,15 @@ def cmd_profile(args) -> int:
     from training.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, "pipeline")
-    result = profile(cfg, selector=args.selector, steps=args.steps, warmup=args.warmup, out_dir=args.out,
-                     fast_path=args.fast_path, note=args.note)
+    result = profile(
+        cfg,
+        selector=args.selector,
+        steps=args.steps,
+        warmup=args.warmup,
+        out_dir=args.out,
+        fast_path=args.fast_path,
+        note=args.note,
+    )
     print(format_table(result))
     png = Path(args.out) / "profile.png"
     print(f"wrote {args.out}/profile.json" + (f", {png}" if png.is_file() else ""))
@@ -318,8 +376,17 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "scan": cmd_scan,
-            "report": cmd_report, "status": cmd_status, "cost": cmd_cost, "bench": cmd_bench, "profile": cmd_profile}
+COMMANDS = {
+    "train": cmd_train,
+    "compare": cmd_compare,
+    "eval": cmd_eval,
+    "scan": cmd_scan,
+    "report": cmd_report,
+    "status": cmd_status,
+    "cost": cmd_cost,
+    "bench": cmd_bench,
+    "profile": cmd_profile,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

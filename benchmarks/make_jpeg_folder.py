@@ -84,8 +84,17 @@ def make_image(photos: list[Image.Image], rng: np.random.Generator, size: int) -
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
-def build(out: Path, *, classes: int, train_per_class: int, val_per_class: int, seed: int, size: int,
-          quality: int, photos_dir: Path | None = None) -> dict:
+def build(
+    out: Path,
+    *,
+    classes: int,
+    train_per_class: int,
+    val_per_class: int,
+    seed: int,
+    size: int,
+    quality: int,
+    photos_dir: Path | None = None,
+) -> dict:
     """Write the folder and its manifest; return the manifest."""
     named = source_photos(photos_dir)
     photos = [image for _, image in named]
@@ -110,15 +119,34 @@ def build(out: Path, *, classes: int, train_per_class: int, val_per_class: int, 
         "counts": {split: classes * per_class[split] for split in SPLITS},
         "long_side": size,
         "quality": quality,
-        "bytes": {"mean": float(np.mean(sizes)), "min": int(np.min(sizes)), "max": int(np.max(sizes)),
-                  "p5": float(np.percentile(sizes, 5)), "p95": float(np.percentile(sizes, 95)),
-                  "total": int(np.sum(sizes))},
+        "bytes": {
+            "mean": float(np.mean(sizes)),
+            "min": int(np.min(sizes)),
+            "max": int(np.max(sizes)),
+            "p5": float(np.percentile(sizes, 5)),
+            "p95": float(np.percentile(sizes, 95)),
+            "total": int(np.sum(sizes)),
+        },
         "mean_width": float(np.mean([w for w, _ in dims])),
         "mean_height": float(np.mean([h for _, h in dims])),
-        "sources": [{"package": "scikit-learn", "file": name, "size": list(image.size),
-                     "sha256_pixels": hashlib.sha256(image.tobytes()).hexdigest()} for name, image in named],
-        "recipe": {"aspects": ASPECTS, "portrait": PORTRAIT, "min_area": MIN_AREA, "jitter": JITTER,
-                   "unsharp": {"radius": 2, "percent": 300}, "grain_sigma": GRAIN, "subsampling": "4:2:0"},
+        "sources": [
+            {
+                "package": "scikit-learn",
+                "file": name,
+                "size": list(image.size),
+                "sha256_pixels": hashlib.sha256(image.tobytes()).hexdigest(),
+            }
+            for name, image in named
+        ],
+        "recipe": {
+            "aspects": ASPECTS,
+            "portrait": PORTRAIT,
+            "min_area": MIN_AREA,
+            "jitter": JITTER,
+            "unsharp": {"radius": 2, "percent": 300},
+            "grain_sigma": GRAIN,
+            "subsampling": "4:2:0",
+        },
         "versions": _versions(),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -158,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=500, help="long side in pixels (ImageNet's typical 500)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (1-95)")
     parser.add_argument("--force", action="store_true", help="rebuild a folder this script made before")
-    parser.add_argument("--photos", type=Path, default=None,
-                        help="folder with the source photos (*.jpg) instead of scikit-learn's (no scikit-learn)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=None,
+        help="folder with the source photos (*.jpg) instead of scikit-learn's (no scikit-learn)",
+    )
     args = parser.parse_args(argv)
     for name, value, low in [("--classes", args.classes, 1), ("--train-per-class", args.train_per_class, 1),
                              ("--val-per-class", args.val_per_class, 1), ("--size", args.size, 16),
@@ -174,12 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    m = build(args.out, classes=args.classes, train_per_class=args.train_per_class,
-              val_per_class=args.val_per_class, seed=args.seed, size=args.size, quality=args.quality,
-              photos_dir=args.photos)
-    print(f"{args.out}: {m['counts']['train']} train + {m['counts']['val']} val JPEGs, mean "
-          f"{m['bytes']['mean'] / 1e3:.1f} KB (p5 {m['bytes']['p5'] / 1e3:.0f}, p95 {m['bytes']['p95'] / 1e3:.0f}), "
-          f"mean {m['mean_width']:.0f}×{m['mean_height']:.0f} px")
+    m = build(
+        args.out,
+        classes=args.classes,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+        size=args.size,
+        quality=args.quality,
+        photos_dir=args.photos,
+    )
+    print(
+        f"{args.out}: {m['counts']['train']} train + {m['counts']['val']} val JPEGs, mean "
+        f"{m['bytes']['mean'] / 1e3:.1f} KB (p5 {m['bytes']['p5'] / 1e3:.0f}, p95 {m['bytes']['p95'] / 1e3:.0f}), "
+        f"mean {m['mean_width']:.0f}×{m['mean_height']:.0f} px"
+    )
     return 0
 
 

@@ -36,13 +36,16 @@ def main() -> None:
             cpu, wall = time.process_time(), time.perf_counter()
             for f in files:
                 check(f)
-            times[name].append(((time.process_time() - cpu) / len(files) * 1e6,
-                                (time.perf_counter() - wall) / len(files) * 1e6))
+            times[name].append(
+                ((time.process_time() - cpu) / len(files) * 1e6, (time.perf_counter() - wall) / len(files) * 1e6)
+            )
     print(f"{args.folder}: {len(files)} files ({len(bad)} flagged), {args.rounds} rounds, one thread")
     for name, runs in times.items():
         cpu, wall = [c for c, _ in runs], [w for _, w in runs]
-        print(f"  {name:12s} cpu {min(cpu):6.1f} min {statistics.median(cpu):6.1f} median us/file   "
-              f"wall {min(wall):6.1f} min {statistics.median(wall):6.1f} median us/file")
+        print(
+            f"  {name:12s} cpu {min(cpu):6.1f} min {statistics.median(cpu):6.1f} median us/file   "
+            f"wall {min(wall):6.1f} min {statistics.median(wall):6.1f} median us/file"
+        )
 
 
 if __name__ == "__main__":

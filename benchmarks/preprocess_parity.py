@@ -132,8 +132,13 @@ def make_photos(out: Path, specs=PHOTOS, photos_dir: Path | None = None) -> list
 
 
 def torchvision_settings() -> dict:
-    return {"val_resize_ratio": 0.875, "val_interpolation": "bilinear", "val_crop_mode": "center",
-            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    return {
+        "val_resize_ratio": 0.875,
+        "val_interpolation": "bilinear",
+        "val_crop_mode": "center",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
 
 
 def torchvision_reference(size: int):
@@ -141,8 +146,14 @@ def torchvision_reference(size: int):
     from torchvision import transforms as T
 
     s = torchvision_settings()
-    return T.Compose([T.Resize(math.floor(size / s["val_resize_ratio"])), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(s["mean"], s["std"])])
+    return T.Compose(
+        [
+            T.Resize(math.floor(size / s["val_resize_ratio"])),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(s["mean"], s["std"]),
+        ]
+    )
 
 
 def timm_reference(teacher: str, size: int):
@@ -164,8 +175,13 @@ def our_settings(teacher: str | None) -> tuple[dict, str]:
     settings = dict(TORCHVISION_DEFAULTS)
     cfg = teacher_data_config(teacher) if teacher else None
     if cfg is not None:
-        settings.update(val_resize_ratio=cfg["crop_pct"], val_interpolation=cfg["interpolation"],
-                        val_crop_mode=cfg["crop_mode"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+        settings.update(
+            val_resize_ratio=cfg["crop_pct"],
+            val_interpolation=cfg["interpolation"],
+            val_crop_mode=cfg["crop_mode"],
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+        )
     return settings, "training.preprocess"
 
 
@@ -177,14 +193,22 @@ def dali_val(paths: list[Path], size: int, settings: dict, device: str, **loader
 
     kwargs = dict(loader_kwargs)
     if settings:
-        kwargs.update(val_resize_ratio=settings["val_resize_ratio"], mean=tuple(settings["mean"]),
-                      std=tuple(settings["std"]))
+        kwargs.update(
+            val_resize_ratio=settings["val_resize_ratio"], mean=tuple(settings["mean"]), std=tuple(settings["std"])
+        )
         if settings["val_interpolation"] != "bilinear" or settings["val_crop_mode"] != "center":
             kwargs.update(val_interpolation=settings["val_interpolation"], val_crop_mode=settings["val_crop_mode"])
-    index = FolderIndex(files=[str(p) for p in paths], labels=list(range(len(paths))),
-                        classes=[p.name for p in paths])
-    loader = DaliLoader(index, train=False, batch_size=len(paths), image_size=size, device=device,
-                        device_id=0 if device == "gpu" else None, num_threads=2, **kwargs)
+    index = FolderIndex(files=[str(p) for p in paths], labels=list(range(len(paths))), classes=[p.name for p in paths])
+    loader = DaliLoader(
+        index,
+        train=False,
+        batch_size=len(paths),
+        image_size=size,
+        device=device,
+        device_id=0 if device == "gpu" else None,
+        num_threads=2,
+        **kwargs,
+    )
     out: dict[int, np.ndarray] = {}
     for images, labels in loader:
         for image, label in zip(images.to("cpu", torch.float32), labels.tolist()):
@@ -209,13 +233,22 @@ def differences(ours: list[np.ndarray], reference: list[np.ndarray], names: list
             rows.append({"photo": name, "error": f"shape {a.shape} vs {b.shape}"})
             continue
         d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        rows.append({"photo": name, "mean_abs": float(d.mean()), "max_abs": float(d.max()),
-                     "share_over_0.1": float((d > 0.1).mean())})
+        rows.append(
+            {
+                "photo": name,
+                "mean_abs": float(d.mean()),
+                "max_abs": float(d.max()),
+                "share_over_0.1": float((d > 0.1).mean()),
+            }
+        )
     good = [r for r in rows if "error" not in r]
-    total = {"photos": len(rows), "mean_abs": float(np.mean([r["mean_abs"] for r in good])) if good else None,
-             "max_abs": max((r["max_abs"] for r in good), default=None),
-             "share_over_0.1": float(np.mean([r["share_over_0.1"] for r in good])) if good else None,
-             "shape_errors": len(rows) - len(good)}
+    total = {
+        "photos": len(rows),
+        "mean_abs": float(np.mean([r["mean_abs"] for r in good])) if good else None,
+        "max_abs": max((r["max_abs"] for r in good), default=None),
+        "share_over_0.1": float(np.mean([r["share_over_0.1"] for r in good])) if good else None,
+        "shape_errors": len(rows) - len(good),
+    }
     return {"per_photo": rows, "total": total}
 
 
@@ -224,10 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI mode")
     parser.add_argument("--size", type=int, default=224, help="crop size (data.image_size)")
     parser.add_argument("--teacher", default=None, help="a timm model: compare with timm's eval transform for it")
-    parser.add_argument("--photos", type=Path, default=Path("/tmp/unixkd_parity_photos"),
-                        help="where to write the photo set (rebuilt each run)")
-    parser.add_argument("--sources", type=Path, default=None,
-                        help="folder with china.jpg and flower.jpg (default: scikit-learn's own copies)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path("/tmp/unixkd_parity_photos"),
+        help="where to write the photo set (rebuilt each run)",
+    )
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=None,
+        help="folder with china.jpg and flower.jpg (default: scikit-learn's own copies)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which code was measured)")
     args = parser.parse_args(argv)
@@ -237,35 +278,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher:
         transform, resolved = timm_reference(args.teacher, args.size)
         reference = f"timm create_transform for {args.teacher}: " + json.dumps(
-            {k: resolved[k] for k in ("crop_pct", "interpolation", "crop_mode", "mean", "std")})
+            {k: resolved[k] for k in ("crop_pct", "interpolation", "crop_mode", "mean", "std")}
+        )
     else:
         transform, reference = torchvision_reference(args.size), "torchvision Resize/CenterCrop/ToTensor/Normalize"
     settings, decided_by = our_settings(args.teacher)
     ours = dali_val(paths + probes, args.size, settings, args.device)
     ref = reference_outputs(paths + probes, transform)
-    result = differences(ours[:len(paths)], ref[:len(paths)], [p.name for p in paths])
-    result["probes"] = differences(ours[len(paths):], ref[len(paths):], [p.name for p in probes])["per_photo"]
+    result = differences(ours[: len(paths)], ref[: len(paths)], [p.name for p in paths])
+    result["probes"] = differences(ours[len(paths) :], ref[len(paths) :], [p.name for p in probes])["per_photo"]
 
     import torch
 
     from training.timing import environment
 
     command = "python benchmarks/preprocess_parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    record = {"kind": "unixkd preprocess parity",
-              "environment": environment(torch.device("cuda" if args.device == "gpu" else "cpu")),
-              "command": command, "label": args.label, "dali_device": args.device, "size": args.size,
-              "reference": reference, "ours": {"settings": settings or "DaliLoader defaults", "decided_by": decided_by},
-              **result}
+    record = {
+        "kind": "unixkd preprocess parity",
+        "environment": environment(torch.device("cuda" if args.device == "gpu" else "cpu")),
+        "command": command,
+        "label": args.label,
+        "dali_device": args.device,
+        "size": args.size,
+        "reference": reference,
+        "ours": {"settings": settings or "DaliLoader defaults", "decided_by": decided_by},
+        **result,
+    }
     for row in result["per_photo"] + [dict(r, photo=r["photo"] + " (probe)") for r in result["probes"]]:
         if "error" in row:
             print(f"{row['photo']:34s} {row['error']}")
         else:
-            print(f"{row['photo']:34s} mean {row['mean_abs']:.5f}  max {row['max_abs']:.4f}  "
-                  f">0.1 {row['share_over_0.1']:.4f}")
+            print(
+                f"{row['photo']:34s} mean {row['mean_abs']:.5f}  max {row['max_abs']:.4f}  "
+                f">0.1 {row['share_over_0.1']:.4f}"
+            )
     t = result["total"]
-    print(f"total over {t['photos']} photos ({args.device}, {reference}): mean {t['mean_abs']:.5f}  max "
-          f"{t['max_abs']:.4f}  >0.1 {t['share_over_0.1']:.4f}" + (f"  shape errors {t['shape_errors']}"
-                                                                    if t["shape_errors"] else ""))
+    print(
+        f"total over {t['photos']} photos ({args.device}, {reference}): mean {t['mean_abs']:.5f}  max "
+        f"{t['max_abs']:.4f}  >0.1 {t['share_over_0.1']:.4f}"
+        + (f"  shape errors {t['shape_errors']}" if t["shape_errors"] else "")
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -18,7 +18,25 @@ from .tensor_loader import TensorLoader
 from .tinyimagenet import scan_tinyimagenet
 
 __all__ = [
-    "ArrayDaliLoader", "BadFile", "BadImageError", "DaliLoader", "DaliMissingError", "DataError", "FolderIndex", "IMAGENET_LARGEST", "IMAGENET_MEAN",
-    "IMAGENET_STD", "ImageArrays", "ScanInterrupted", "ScanReport", "TensorLoader", "ensure_digits_dataset",
-    "preflight", "read_cifar", "restrict", "scan_folder", "scan_tinyimagenet", "scan_tree",
+    "ArrayDaliLoader",
+    "BadFile",
+    "BadImageError",
+    "DaliLoader",
+    "DaliMissingError",
+    "DataError",
+    "FolderIndex",
+    "IMAGENET_LARGEST",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageArrays",
+    "ScanInterrupted",
+    "ScanReport",
+    "TensorLoader",
+    "ensure_digits_dataset",
+    "preflight",
+    "read_cifar",
+    "restrict",
+    "scan_folder",
+    "scan_tinyimagenet",
+    "scan_tree",
 ]

@@ -21,13 +21,24 @@ from .errors import DaliMissingError
 
 
 class ArrayDaliLoader(ArrayLoaderBase):
-    def __init__(self, arrays: ImageArrays, *, device: str = "auto", device_id: int | None = None,
-                 target_device: torch.device | str = "cpu", num_threads: int = 2, prefetch: int = 2, **kwargs):
+    def __init__(
+        self,
+        arrays: ImageArrays,
+        *,
+        device: str = "auto",
+        device_id: int | None = None,
+        target_device: torch.device | str = "cpu",
+        num_threads: int = 2,
+        prefetch: int = 2,
+        **kwargs,
+    ):
         super().__init__(arrays, **kwargs)
         self.gpu = _use_gpu(device)
         if _DALI_IMPORT_ERROR is not None:
-            raise DaliMissingError(f"NVIDIA DALI is needed for ArrayDaliLoader ({_DALI_IMPORT_ERROR}); "
-                              "use data.cifar_loader=tensor, or install nvidia-dali-cuda130")
+            raise DaliMissingError(
+                f"NVIDIA DALI is needed for ArrayDaliLoader ({_DALI_IMPORT_ERROR}); "
+                "use data.cifar_loader=tensor, or install nvidia-dali-cuda130"
+            )
         self.device_id = (device_id if device_id is not None else torch.cuda.current_device()) if self.gpu else None
         self.target_device = torch.device(target_device)
         self.num_threads, self.prefetch = num_threads, prefetch
@@ -42,8 +53,12 @@ class ArrayDaliLoader(ArrayLoaderBase):
         order, offsets, flips = self._take_epoch()
         if len(order) == 0:
             return iter(())
-        epoch = _Epoch(self._pipeline(order, offsets, flips), self.target_device, reader_name=None,
-                       channels_last=self.channels_last)
+        epoch = _Epoch(
+            self._pipeline(order, offsets, flips),
+            self.target_device,
+            reader_name=None,
+            channels_last=self.channels_last,
+        )
         self._running = weakref.ref(epoch)
         return epoch
 
@@ -57,30 +72,43 @@ class ArrayDaliLoader(ArrayLoaderBase):
 
         def batches():  # the host side of the external source: this epoch's batches, then StopIteration
             for lo in range(0, len(order), B):
-                idx = order[lo:lo + B]
+                idx = order[lo : lo + B]
                 out = [self.hwc[idx], self.labels[idx]]
                 if self.train:  # DALI's slice anchor is relative to the unpadded image: offset - pad
-                    out += [(offsets[lo:lo + B] - pad).astype(np.int32), flips[lo:lo + B].astype(np.int32)]
+                    out += [(offsets[lo : lo + B] - pad).astype(np.int32), flips[lo : lo + B].astype(np.int32)]
                 yield out
 
-        pipe = Pipeline(batch_size=B, num_threads=self.num_threads, device_id=self.device_id if self.gpu else None,
-                        seed=self.seed, prefetch_queue_depth=self.prefetch)
+        pipe = Pipeline(
+            batch_size=B,
+            num_threads=self.num_threads,
+            device_id=self.device_id if self.gpu else None,
+            seed=self.seed,
+            prefetch_queue_depth=self.prefetch,
+        )
         with pipe:
             if self.train:
                 images, labels, anchors, mirror = fn.external_source(
-                    source=batches, num_outputs=4, batch=True, cycle=False, layout=["HWC", "", "", ""])
+                    source=batches, num_outputs=4, batch=True, cycle=False, layout=["HWC", "", "", ""]
+                )
             else:
-                images, labels = fn.external_source(source=batches, num_outputs=2, batch=True, cycle=False,
-                                                    layout=["HWC", ""])
+                images, labels = fn.external_source(
+                    source=batches, num_outputs=2, batch=True, cycle=False, layout=["HWC", ""]
+                )
                 mirror = 0
             if self.gpu:
                 images = images.gpu()
             if self.train:
-                images = fn.slice(images, start=anchors, shape=[H, W], axes=[0, 1], out_of_bounds_policy="pad",
-                                  fill_values=0)
-            images = fn.crop_mirror_normalize(images, dtype=OUTPUT_DTYPES[self.dtype], mirror=mirror,
-                                              output_layout="HWC" if self.channels_last else "CHW",
-                                              mean=[255.0 * m for m in self.mean], std=[255.0 * s for s in self.std])
+                images = fn.slice(
+                    images, start=anchors, shape=[H, W], axes=[0, 1], out_of_bounds_policy="pad", fill_values=0
+                )
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=OUTPUT_DTYPES[self.dtype],
+                mirror=mirror,
+                output_layout="HWC" if self.channels_last else "CHW",
+                mean=[255.0 * m for m in self.mean],
+                std=[255.0 * s for s in self.std],
+            )
             if self.gpu:  # labels cross to the device inside DALI's pipelined stages, not as a torch copy per step
                 labels = labels.gpu()
             pipe.set_outputs(images, labels)

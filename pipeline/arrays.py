@@ -83,9 +83,22 @@ class ArrayLoaderBase:
     per (seed, epoch, image), so ``set_epoch(epoch, start_batch)`` alone continues with the very same pixels.
     """
 
-    def __init__(self, arrays: ImageArrays, *, train: bool, batch_size: int, num_shards: int = 1, shard_id: int = 0,
-                 seed: int = 0, pad: int = 4, hflip: bool = True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                 dtype: str | torch.dtype = "float32", channels_last: bool = False):
+    def __init__(
+        self,
+        arrays: ImageArrays,
+        *,
+        train: bool,
+        batch_size: int,
+        num_shards: int = 1,
+        shard_id: int = 0,
+        seed: int = 0,
+        pad: int = 4,
+        hflip: bool = True,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        dtype: str | torch.dtype = "float32",
+        channels_last: bool = False,
+    ):
         if len(arrays) == 0:
             raise DataError("the dataset is empty")
         if arrays.images.dtype != np.uint8 or arrays.images.ndim != 4 or arrays.images.shape[1] != 3:
@@ -98,17 +111,30 @@ class ArrayLoaderBase:
         if seed < 0 or pad < 0:
             raise ValueError(f"seed and pad must be >= 0, got seed={seed}, pad={pad}")
         if train and train_batches_per_rank(len(arrays), batch_size, num_shards) == 0:
-            raise DataError(f"train set too small: {len(arrays)} images over {num_shards} shard(s) give no full "
-                             f"batch of {batch_size}; lower the batch size")
+            raise DataError(
+                f"train set too small: {len(arrays)} images over {num_shards} shard(s) give no full "
+                f"batch of {batch_size}; lower the batch size"
+            )
         self.arrays = arrays
-        self.train, self.batch_size, self.num_shards, self.shard_id, self.seed = train, batch_size, num_shards, shard_id, seed
+        self.train, self.batch_size, self.num_shards, self.shard_id, self.seed = (
+            train,
+            batch_size,
+            num_shards,
+            shard_id,
+            seed,
+        )
         self.pad, self.hflip, self.mean, self.std = pad, hflip, tuple(mean), tuple(std)
         self.dtype, self.channels_last = dtype_name(dtype), bool(channels_last)
         self.epoch, self.start_batch = 0, 0
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.arrays), train=self.train, batch_size=self.batch_size,
-                                 num_shards=self.num_shards, shard_id=self.shard_id)
+        return batches_per_epoch(
+            len(self.arrays),
+            train=self.train,
+            batch_size=self.batch_size,
+            num_shards=self.num_shards,
+            shard_id=self.shard_id,
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The next ``__iter__`` yields epoch ``epoch`` from batch ``start_batch`` (0 ≤ start_batch ≤ len)."""
@@ -125,9 +151,15 @@ class ArrayLoaderBase:
     def _take_epoch(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """This rank's sample indices from the start position, with their crop offsets and flips (train only)."""
         start, self.start_batch = self.start_batch, 0  # a start position serves one pass only
-        order = epoch_indices(len(self.arrays), train=self.train, batch_size=self.batch_size,
-                              num_shards=self.num_shards, shard_id=self.shard_id, seed=self.seed,
-                              epoch=self.epoch)[start * self.batch_size:]
+        order = epoch_indices(
+            len(self.arrays),
+            train=self.train,
+            batch_size=self.batch_size,
+            num_shards=self.num_shards,
+            shard_id=self.shard_id,
+            seed=self.seed,
+            epoch=self.epoch,
+        )[start * self.batch_size :]
         if not self.train:
             return order, None, None
         offsets, flips = crop_plan(len(self.arrays), seed=self.seed, epoch=self.epoch, pad=self.pad, hflip=self.hflip)

@@ -23,8 +23,14 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 LAYOUTS = {  # folder, train files, test files, meta file, label key, class-names key
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
-                "labels", "label_names"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
 }
 STATS = {"cifar100": (CIFAR100_MEAN, CIFAR100_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
@@ -38,8 +44,10 @@ def cifar_folder(root: str | Path, name: str) -> Path:
     for candidate in (root / folder, root):
         if (candidate / meta).is_file() and (candidate / train_files[0]).is_file():
             return candidate
-    raise DataError(f"data.root={root}: no {name} files here (expected {root}/{folder}/{meta} and "
-                     f"{train_files[0]}, the python version of the dataset)")
+    raise DataError(
+        f"data.root={root}: no {name} files here (expected {root}/{folder}/{meta} and "
+        f"{train_files[0]}, the python version of the dataset)"
+    )
 
 
 def read_cifar(root: str | Path, name: str, split: str) -> ImageArrays:
@@ -58,8 +66,9 @@ def read_cifar(root: str | Path, name: str, split: str) -> ImageArrays:
         except KeyError as e:
             raise DataError(f"{folder / file}: no '{e.args[0]}' entry; not a {name} python-format file") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != len(data):
-            raise DataError(f"{folder / file}: data {data.shape} and {len(lab)} labels; "
-                             "expected [n, 3072] and n labels")
+            raise DataError(
+                f"{folder / file}: data {data.shape} and {len(lab)} labels; expected [n, 3072] and n labels"
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     arrays = ImageArrays(images=np.concatenate(images), labels=np.concatenate(labels), classes=classes)

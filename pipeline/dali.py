@@ -103,8 +103,7 @@ class DaliLoader:
         if not 0.0 < val_resize_ratio <= 1.0:
             raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
         if val_interpolation not in INTERPOLATIONS:
-            raise ValueError(f"val_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                             f"got {val_interpolation!r}")
+            raise ValueError(f"val_interpolation must be one of {', '.join(INTERPOLATIONS)}, got {val_interpolation!r}")
         if val_crop_mode not in VAL_CROP_MODES:
             raise ValueError(f"val_crop_mode must be one of {', '.join(VAL_CROP_MODES)}, got {val_crop_mode!r}")
         if pad is not None and pad < 0:
@@ -179,8 +178,12 @@ class DaliLoader:
         file list it indexes."""
         running = self._running() if self._running is not None else None
         cpt = running.checkpoint() if running is not None else None
-        return {"epoch": self.epoch, "dali": base64.b64encode(cpt).decode() if cpt is not None else None,
-                "batch": running.position if running is not None else None, "files": len(self.index.files)}
+        return {
+            "epoch": self.epoch,
+            "dali": base64.b64encode(cpt).decode() if cpt is not None else None,
+            "batch": running.position if running is not None else None,
+            "files": len(self.index.files),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """The next ``__iter__`` continues the saved epoch exactly (or starts it, if nothing was running)."""
@@ -189,9 +192,12 @@ class DaliLoader:
         self._restore_batch = state.get("batch")  # absent in checkpoints written before it was saved
         saved = state.get("files")
         if self._restore is not None and saved is not None and saved != len(self.index.files):
-            warnings.warn(f"the file list has {len(self.index.files)} files, {saved} when this epoch was saved (the "
-                          f"folder or data.file_list changed): the rest of epoch {self.epoch} follows another order, "
-                          "not the one the interrupted run would have read", stacklevel=2)
+            warnings.warn(
+                f"the file list has {len(self.index.files)} files, {saved} when this epoch was saved (the "
+                f"folder or data.file_list changed): the rest of epoch {self.epoch} follows another order, "
+                "not the one the interrupted run would have read",
+                stacklevel=2,
+            )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(images [B,3,S,S] of ``dtype``, labels [B] int64)`` on ``target_device``."""
@@ -249,8 +255,15 @@ class DaliLoader:
 class _Epoch:
     """Iterator over one epoch's batches; ``close()`` (or being dropped) shuts its DALI pipeline down."""
 
-    def __init__(self, pipe, target_device: torch.device, reader_name: str | None = "Reader",
-                 channels_last: bool = False, faults: _FaultFinder | None = None, first_batch: int | None = 0):
+    def __init__(
+        self,
+        pipe,
+        target_device: torch.device,
+        reader_name: str | None = "Reader",
+        channels_last: bool = False,
+        faults: _FaultFinder | None = None,
+        first_batch: int | None = 0,
+    ):
         # Every file list holds exactly the samples to yield, so PARTIAL only trims a short last val batch.
         # reader_name=None: an external source that stops at the end of the epoch (pipeline.array_dali).
         # channels_last: the pipeline outputs HWC images, yielded as NCHW views.
@@ -348,7 +361,9 @@ class _FaultFinder:
         the file DALI's message names, else the first PIL cannot decode, else the first DALI alone cannot decode.
         """
         root = self.root or "<data.root>"
-        scan = f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with data.file_list=clean.txt"
+        scan = (
+            f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with data.file_list=clean.txt"
+        )
         if batch is None:
             candidates, where = [], f"epoch {self.epoch}"
         else:
@@ -358,17 +373,22 @@ class _FaultFinder:
         bad = find_bad_file(candidates, message) or _dali_decode_problem(candidates)
         if bad is None:  # e.g. a file only the GPU decoder rejects, or a position unknown after an old checkpoint
             tried = f"none of the {len(candidates)} files it was reading fails to decode alone; " if candidates else ""
-            return BadImageError(f"DALI failed reading {where}: {dali_reason(message)}; {tried}if it is a broken "
-                                 f"file, {scan} (UNIXKD_DEBUG=1 shows DALI's traceback)")
+            return BadImageError(
+                f"DALI failed reading {where}: {dali_reason(message)}; {tried}if it is a broken "
+                f"file, {scan} (UNIXKD_DEBUG=1 shows DALI's traceback)"
+            )
         if bad.problem.startswith("DALI cannot decode it"):
-            fix = (f"PIL reads it, so only `python launch.py scan {root} --dali --write-clean-list clean.txt` lists "
-                   "it: delete or replace the file, or train with that clean list")
+            fix = (
+                f"PIL reads it, so only `python launch.py scan {root} --dali --write-clean-list clean.txt` lists "
+                "it: delete or replace the file, or train with that clean list"
+            )
         elif bad.problem.startswith("missing"):
             fix = f"the folder changed after the pre-flight; restore the file or {scan}"
         else:
             fix = scan
-        return BadImageError(f"{bad.path}: {bad.problem} (DALI stopped on it in {where}); {fix}",
-                             path=bad.path, problem=bad.problem)
+        return BadImageError(
+            f"{bad.path}: {bad.problem} (DALI stopped on it in {where}); {fix}", path=bad.path, problem=bad.problem
+        )
 
 
 def _dali_decode_problem(files: list[str]) -> BadFile | None:
@@ -378,8 +398,9 @@ def _dali_decode_problem(files: list[str]) -> BadFile | None:
         return None
     from nvidia.dali import Pipeline, fn, types
 
-    pipe = Pipeline(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_async=False,
-                    exec_pipelined=False)
+    pipe = Pipeline(
+        batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_async=False, exec_pipelined=False
+    )
     with pipe:
         data, _ = fn.readers.file(files=files, labels=[0] * len(files), random_shuffle=False)
         pipe.set_outputs(fn.decoders.image(data, device="cpu", output_type=types.RGB))

@@ -62,8 +62,10 @@ def _check_ours(root: Path) -> None:
     if why is None and stray:
         why = f"it holds other files ({', '.join(stray[:3])})"
     if why is not None:
-        raise DataError(f"data.root={root} is not the demo set: {why}. Not overwriting it with demo data: to "
-                         "train on this folder set data.dataset=folder, or point data.root at an empty or new folder")
+        raise DataError(
+            f"data.root={root} is not the demo set: {why}. Not overwriting it with demo data: to "
+            "train on this folder set data.dataset=folder, or point data.root at an empty or new folder"
+        )
 
 
 def _problem(root: Path, recipe: dict) -> str | None:

@@ -71,15 +71,19 @@ def layout_hint(root: Path) -> str:
     except OSError:
         return ""
     if top.images:
-        return (f" — {root} holds {len(top.images)} image(s) directly ({names(top.images, 2)}); "
-                f"expected {root}/train/<class>/<image>")
+        return (
+            f" — {root} holds {len(top.images)} image(s) directly ({names(top.images, 2)}); "
+            f"expected {root}/train/<class>/<image>"
+        )
     looks_like_split = root.name in SPLITS
     for sub in top.folders[:3]:  # class folders with images in them: root is a split folder
         with contextlib.suppress(OSError):
             looks_like_split = looks_like_split or bool(list_folder(root / sub).images)
     if looks_like_split:
-        return (f" — {root} looks like a split folder itself (<class>/<image>); did you mean the parent folder "
-                f"{root.parent}?")
+        return (
+            f" — {root} looks like a split folder itself (<class>/<image>); did you mean the parent folder "
+            f"{root.parent}?"
+        )
     if top.folders:
         return f" ({root} holds {names([f + '/' for f in top.folders])})"
     return ""
@@ -90,10 +94,14 @@ def compare_classes(train: list[str], val: list[str]) -> str | None:
     only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
     if not only_train and not only_val:
         return None
-    parts = [f"{len(only)} only in {split}/ ({names(only)})" for split, only in
-             (("train", only_train), ("val", only_val)) if only]
-    return f"val/ and train/ have different class folders ({len(train)} in train/, {len(val)} in val/): " + \
-        ", ".join(parts)
+    parts = [
+        f"{len(only)} only in {split}/ ({names(only)})"
+        for split, only in (("train", only_train), ("val", only_val))
+        if only
+    ]
+    return f"val/ and train/ have different class folders ({len(train)} in train/, {len(val)} in val/): " + ", ".join(
+        parts
+    )
 
 
 def scan_folder(root: str | Path, split: str) -> FolderIndex:
@@ -124,18 +132,23 @@ def scan_folder(root: str | Path, split: str) -> FolderIndex:
         files += [str(split_dir / name / image) for image in listing.images]
         labels += [label] * len(listing.images)
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}"
-                         + (f" (found {names(others, 2)})" if others else ""))
+        raise DataError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dir}"
+            + (f" (found {names(others, 2)})" if others else "")
+        )
     if empty:
         instead = f"; they hold {names(others, 2)}, not {'/'.join(IMAGE_EXTENSIONS)}" if others else ""
-        raise DataError(f"{split_dir}: {len(empty)} of {len(classes)} class folder(s) have no images "
-                         f"({names(empty)}){instead}; each would still be a class of the model's head "
-                         f"({len(classes)} outputs, not {len(classes) - len(empty)}): add images or remove the folder(s)")
+        raise DataError(
+            f"{split_dir}: {len(empty)} of {len(classes)} class folder(s) have no images "
+            f"({names(empty)}){instead}; each would still be a class of the model's head "
+            f"({len(classes)} outputs, not {len(classes) - len(empty)}): add images or remove the folder(s)"
+        )
     return FolderIndex(files=files, labels=labels, classes=classes, root=str(root))
 
 
 def restrict(index: FolderIndex, keep: set[str]) -> FolderIndex:
     """The files of ``index`` whose absolute path is in ``keep``; classes (and so labels) stay as they were."""
     pairs = [(f, y) for f, y in zip(index.files, index.labels) if f in keep]
-    return FolderIndex(files=[f for f, _ in pairs], labels=[y for _, y in pairs], classes=index.classes,
-                       root=index.root)
+    return FolderIndex(
+        files=[f for f, _ in pairs], labels=[y for _, y in pairs], classes=index.classes, root=index.root
+    )

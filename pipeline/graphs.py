@@ -143,9 +143,18 @@ def build_pipeline(
             mirror = 0
             crop = (size, size)  # val: centered
             if recipe.train:  # anchor relative to the image: -pad..pad in rows and columns
-                anchor = fn.random.uniform(values=list(range(-recipe.pad, recipe.pad + 1)), shape=[2], dtype=types.INT32)
-                images = fn.slice(images, start=anchor, shape=[size, size], axes=[0, 1], out_of_bounds_policy="pad",
-                                  fill_values=0, device=op_device)
+                anchor = fn.random.uniform(
+                    values=list(range(-recipe.pad, recipe.pad + 1)), shape=[2], dtype=types.INT32
+                )
+                images = fn.slice(
+                    images,
+                    start=anchor,
+                    shape=[size, size],
+                    axes=[0, 1],
+                    out_of_bounds_policy="pad",
+                    fill_values=0,
+                    device=op_device,
+                )
                 mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
                 crop = None
         elif recipe.train:
@@ -181,14 +190,14 @@ def build_pipeline(
 def _val_resize_and_crop(jpegs, images, recipe: Recipe, op_device: str):
     """torchvision's Resize + CenterCrop on PIL images, per image (see the module docstring)."""
     if recipe.val_interpolation not in INTERP_TYPES:
-        raise ValueError(f"val_interpolation must be one of {', '.join(INTERP_TYPES)}, "
-                         f"got {recipe.val_interpolation!r}")
+        raise ValueError(
+            f"val_interpolation must be one of {', '.join(INTERP_TYPES)}, got {recipe.val_interpolation!r}"
+        )
     size = recipe.image_size
     # the decoded shape without decoding (header only, CPU); orientation ignored like the decoder
     shape = fn.peek_image_shape(jpegs, adjust_orientation=False, dtype=types.INT64)  # [H, W, C]
     h, w = shape[0], shape[1]
-    new_h, new_w, top, left = val_window(h, w, size, recipe.val_resize_ratio, recipe.val_crop_mode,
-                                         minimum=dmath.min)
+    new_h, new_w, top, left = val_window(h, w, size, recipe.val_resize_ratio, recipe.val_crop_mode, minimum=dmath.min)
     interp = INTERP_TYPES[recipe.val_interpolation]
     # PIL resamples one axis into a uint8 image, then the other: two passes, rounded to uint8 in between
     first_h, first_w = pil_first_pass(h, w, new_h, new_w)
@@ -236,17 +245,32 @@ def _pil_resample(images, in_hw, out_hw, interp, op_device: str):
     roi_start = _as_float(pad_h, pad_w)
 
     def resample(x, x_h, x_w, to_h, to_w):
-        padded = fn.slice(x, start=start, shape=fn.cast(fn.stack(x_h + 2 * pad_h, x_w + 2 * pad_w), dtype=types.INT32),
-                          axes=[0, 1], out_of_bounds_policy="pad", fill_values=0, device=op_device)
-        return fn.resize(padded, size=_as_float(to_h, to_w), roi_start=roi_start,
-                         roi_end=roi_start + _as_float(x_h, x_w), interp_type=interp, antialias=True,
-                         dtype=types.FLOAT, device=op_device)
+        padded = fn.slice(
+            x,
+            start=start,
+            shape=fn.cast(fn.stack(x_h + 2 * pad_h, x_w + 2 * pad_w), dtype=types.INT32),
+            axes=[0, 1],
+            out_of_bounds_policy="pad",
+            fill_values=0,
+            device=op_device,
+        )
+        return fn.resize(
+            padded,
+            size=_as_float(to_h, to_w),
+            roi_start=roi_start,
+            roi_end=roi_start + _as_float(x_h, x_w),
+            interp_type=interp,
+            antialias=True,
+            dtype=types.FLOAT,
+            device=op_device,
+        )
 
     weighted = resample(images, in_h, in_w, out_h, out_w)  # per output pixel: Σ weight × pixel over in-image taps
     # the same weights over a mask of ones: one row (or column) is enough, the other axis is not resampled
     mask_h, mask_w = 1 + rows * (in_h - 1), 1 + cols * (in_w - 1)
-    corner = fn.slice(images, start=[0, 0], shape=fn.cast(fn.stack(mask_h, mask_w), dtype=types.INT32), axes=[0, 1],
-                      device=op_device)
+    corner = fn.slice(
+        images, start=[0, 0], shape=fn.cast(fn.stack(mask_h, mask_w), dtype=types.INT32), axes=[0, 1], device=op_device
+    )
     ones = fn.cast(corner[:, :, 0:1] * 0 + 1, dtype=types.UINT8)
     weight = resample(ones, mask_h, mask_w, 1 + rows * (out_h - 1), 1 + cols * (out_w - 1))
     return fn.cast(weighted / weight, dtype=types.UINT8)  # DALI's cast rounds to nearest and saturates, like PIL

@@ -57,20 +57,36 @@ def main(argv=None) -> dict:
         arrays = read_cifar(args.root, "cifar100", "train")
     else:
         rng = np.random.default_rng(0)
-        arrays = ImageArrays(rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8),
-                             rng.integers(0, 100, args.images), [str(i) for i in range(100)])
+        arrays = ImageArrays(
+            rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8),
+            rng.integers(0, 100, args.images),
+            [str(i) for i in range(100)],
+        )
     device = torch.device(args.device)
-    common = dict(train=True, batch_size=args.batch_size, seed=0, pad=4, hflip=True, mean=CIFAR100_MEAN,
-                  std=CIFAR100_STD, target_device=device)
+    common = dict(
+        train=True,
+        batch_size=args.batch_size,
+        seed=0,
+        pad=4,
+        hflip=True,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        target_device=device,
+    )
     loaders = {
         "tensor": TensorLoader(arrays, **common),
-        "dali": ArrayDaliLoader(arrays, device="gpu" if device.type == "cuda" else "cpu",
-                                num_threads=args.num_threads, **common),
+        "dali": ArrayDaliLoader(
+            arrays, device="gpu" if device.type == "cuda" else "cpu", num_threads=args.num_threads, **common
+        ),
     }
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "args": vars(args),
-        "images_per_epoch": len(loaders["tensor"]) * args.batch_size, "epoch_s": {}, "images_per_s": {},
+        "cpu_count": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "images_per_epoch": len(loaders["tensor"]) * args.batch_size,
+        "epoch_s": {},
+        "images_per_s": {},
     }
     try:
         import nvidia.dali

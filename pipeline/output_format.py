@@ -13,7 +13,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def dtype_name(dtype) -> str:
-    """"float32" or "float16" from that name or the torch dtype; anything else is a one-line ValueError."""
+    """ "float32" or "float16" from that name or the torch dtype; anything else is a one-line ValueError."""
     for name, torch_dtype in DTYPES.items():
         if dtype == name or dtype is torch_dtype:
             return name

@@ -193,8 +193,9 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent may have a handler; Pool.terminate sends SIGTERM
 
 
-def scan_tree(root: str | Path, workers: int | None = None, *, dali: bool = False,
-              progress_every: int = PROGRESS_EVERY, log=None) -> ScanReport:
+def scan_tree(
+    root: str | Path, workers: int | None = None, *, dali: bool = False, progress_every: int = PROGRESS_EVERY, log=None
+) -> ScanReport:
     """Decode every image under ``root/<split>/<class>/`` (splits: the subfolders of root; Tiny-ImageNet's
     layout when ``root/wnids.txt`` exists) with PIL, and with ``dali`` the ones PIL reads once more with DALI.
     Progress goes to ``log`` (stderr) every ``progress_every`` images.
@@ -224,13 +225,18 @@ def scan_tree(root: str | Path, workers: int | None = None, *, dali: bool = Fals
                 done += 1
                 if done % progress_every == 0:
                     rate = done / (time.perf_counter() - t0)
-                    print(f"scan: {done}/{len(images)} images ({100 * done / len(images):.0f}%, {rate:.0f}/s, "
-                          f"~{(len(images) - done) / rate / 60:.0f} min left)", file=log, flush=True)
+                    print(
+                        f"scan: {done}/{len(images)} images ({100 * done / len(images):.0f}%, {rate:.0f}/s, "
+                        f"~{(len(images) - done) / rate / 60:.0f} min left)",
+                        file=log,
+                        flush=True,
+                    )
     except KeyboardInterrupt:
         raise ScanInterrupted(done, len(images)) from None
     if dali and report.good:
-        rejected = dali_problems([os.path.join(root, rel) for rel in report.good], workers,
-                                 progress_every=progress_every, log=log)
+        rejected = dali_problems(
+            [os.path.join(root, rel) for rel in report.good], workers, progress_every=progress_every, log=log
+        )
         report.bad += [BadFile(report.good[i], problem) for i, problem in sorted(rejected.items())]
         report.good = [rel for i, rel in enumerate(report.good) if i not in rejected]
     return report
@@ -308,8 +314,9 @@ def _dali_worker(paths: list[str], lo: int, hi: int, at, results) -> None:
     from nvidia.dali import Pipeline, fn, types
 
     def build():
-        pipe = Pipeline(batch_size=1, num_threads=1, device_id=None, exec_async=False, exec_pipelined=False,
-                        prefetch_queue_depth=1)
+        pipe = Pipeline(
+            batch_size=1, num_threads=1, device_id=None, exec_async=False, exec_pipelined=False, prefetch_queue_depth=1
+        )
         with pipe:
             data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
             pipe.set_outputs(fn.decoders.image(data, device="cpu", output_type=types.RGB))
@@ -358,5 +365,17 @@ def _list_tiny(root: Path) -> list[str]:
     return [os.path.relpath(f, root) for split in SPLITS for f in scan_tinyimagenet(root, split).files]
 
 
-__all__ = ["BadFile", "BadImageError", "ScanInterrupted", "ScanReport", "dali_problems", "dali_reason",
-           "decode_problem", "find_bad_file", "header_problem", "preflight", "preflight_problem", "scan_tree"]
+__all__ = [
+    "BadFile",
+    "BadImageError",
+    "ScanInterrupted",
+    "ScanReport",
+    "dali_problems",
+    "dali_reason",
+    "decode_problem",
+    "find_bad_file",
+    "header_problem",
+    "preflight",
+    "preflight_problem",
+    "scan_tree",
+]

@@ -25,8 +25,9 @@ class TensorLoader(ArrayLoaderBase):
         self.labels = torch.from_numpy(arrays.labels).to(self.target_device)
         self.pixel_mean, self.pixel_std = pixel_stats(self.mean, self.std, self.target_device)
         # normalize in float32 (the reference arithmetic), then at most one copy into the requested dtype/layout
-        self.out_format = dict(dtype=DTYPES[self.dtype],
-                               memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.out_format = dict(
+            dtype=DTYPES[self.dtype], memory_format=torch.channels_last if self.channels_last else torch.preserve_format
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, offsets, flips = self._take_epoch()
@@ -38,8 +39,8 @@ class TensorLoader(ArrayLoaderBase):
         if self.train:  # one upload per epoch for the whole plan
             offsets, flips = torch.from_numpy(offsets).to(dev), torch.from_numpy(flips).to(dev)
         for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
+            idx = order[lo : lo + self.batch_size]
             x = self.images[idx]
             if self.train:
-                x = pad_crop_flip(x, offsets[lo:lo + self.batch_size], flips[lo:lo + self.batch_size], self.pad)
+                x = pad_crop_flip(x, offsets[lo : lo + self.batch_size], flips[lo : lo + self.batch_size], self.pad)
             yield normalize(x, self.pixel_mean, self.pixel_std).to(**self.out_format), self.labels[idx]

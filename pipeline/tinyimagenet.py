@@ -46,8 +46,10 @@ def scan_tinyimagenet(root: str | Path, split: str) -> FolderIndex:
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in label_of:
-                raise DataError(f"{annotations}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from "
-                                 f"wnids.txt, got {line.strip()[:60]!r}")
+                raise DataError(
+                    f"{annotations}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from "
+                    f"wnids.txt, got {line.strip()[:60]!r}"
+                )
             path = root / "val" / "images" / fields[0]
             if not path.is_file():
                 raise DataError(f"{annotations}:{line_no}: {path} not found")

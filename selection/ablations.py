@@ -82,8 +82,7 @@ class MixupSelector(Selector):
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = self.rng.permutation(N)
         base = np.sort(self.rng.permutation(N)[:k])
-        return plain_mix(images, labels, self._device_index(base, images), self._device_index(perm[:k], images),
-                         lam)
+        return plain_mix(images, labels, self._device_index(base, images), self._device_index(perm[:k], images), lam)
 
 
 @register("nonadaptive")

@@ -42,8 +42,16 @@ class StaticGraph:
     Capture uses thread-local error mode: DALI's worker threads keep issuing CUDA calls meanwhile.
     """
 
-    def __init__(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *, device: torch.device,
-                 capture: bool, warmup: int = 3, preserve: Sequence[Tensor] = ()):
+    def __init__(
+        self,
+        fn: Callable[..., tuple[Tensor, ...]],
+        inputs: Sequence[Tensor],
+        *,
+        device: torch.device,
+        capture: bool,
+        warmup: int = 3,
+        preserve: Sequence[Tensor] = (),
+    ):
         self.fn = fn
         self.inputs = [torch.empty_like(t, device=device) for t in inputs]
         for buf, t in zip(self.inputs, inputs):
@@ -108,8 +116,19 @@ class GraphedUnixSelector(UnixSelector):
     (another shape).
     """
 
-    def __init__(self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy", score_mode: str = "train",
-                 *, seed: int = 0, mode: str = "graph", warmup: int = 3):
+    def __init__(
+        self,
+        k,
+        alpha,
+        w: float = 10.0,
+        b=None,
+        criterion: str = "entropy",
+        score_mode: str = "train",
+        *,
+        seed: int = 0,
+        mode: str = "graph",
+        warmup: int = 3,
+    ):
         super().__init__(k, alpha, w, b, criterion, score_mode, seed=seed)
         if mode not in MODES:
             raise ValueError(f"GraphedUnixSelector mode={mode!r} is not one of {', '.join(MODES)}")
@@ -161,8 +180,14 @@ class GraphedUnixSelector(UnixSelector):
             return mix.x, mix.rank, mix.partner, mix.m
 
         preserve = list(student.buffers()) if isinstance(student, torch.nn.Module) else []
-        self._graph = StaticGraph(body, [images, _host_scalar(lam), torch.from_numpy(perm)], device=device,
-                                  capture=self.mode == "graph", warmup=self.warmup, preserve=preserve)
+        self._graph = StaticGraph(
+            body,
+            [images, _host_scalar(lam), torch.from_numpy(perm)],
+            device=device,
+            capture=self.mode == "graph",
+            warmup=self.warmup,
+            preserve=preserve,
+        )
 
 
 class _Mix:

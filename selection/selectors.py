@@ -32,8 +32,8 @@ Student = Callable[[Tensor], Tensor]  # images [N, ...] -> logits [N, classes]
 class LossWeights:
     """Weights of the parts of one step's loss, when a method fixes them (TL: α = 0.9 -> 0.1·CE + 0.9·KD)."""
 
-    ce: float        # CE on the main rows (mixed labels where mixed)
-    kd: float        # KD (KL·T²) on the main rows
+    ce: float  # CE on the main rows (mixed labels where mixed)
+    kd: float  # KD (KL·T²) on the main rows
     extra_kd: float  # KD on the extra teacher-labelled view (no CE there)
 
 
@@ -46,20 +46,21 @@ class Selection:
     ran the teacher on it (pick), it hands those logits on so the step does not pay twice.
     """
 
-    x: Tensor                 # [k, ...] rows for teacher + student
-    y: Tensor | None          # [k] labels of the base images (None if labels not given)
+    x: Tensor  # [k, ...] rows for teacher + student
+    y: Tensor | None  # [k] labels of the base images (None if labels not given)
     y_partner: Tensor | None  # [k] labels of the partners (None when not mixed)
-    m: Tensor | None          # [k] partner weights (None when not mixed); CE = (1-m)CE(y)+m CE(y_partner)
-    index: Tensor             # [k] batch row of each base image (for sampling analytics)
-    scored: int               # images the no-grad student scoring forward ran on (N for unix, 0 for kd/random)
-    extra: Tensor | None = None                 # [n, ...] extra view, KL only (TL); None for UNIX-family methods
-    extra_index: Tensor | None = None           # [n] batch row of the base image of each extra row
+    m: Tensor | None  # [k] partner weights (None when not mixed); CE = (1-m)CE(y)+m CE(y_partner)
+    index: Tensor  # [k] batch row of each base image (for sampling analytics)
+    scored: int  # images the no-grad student scoring forward ran on (N for unix, 0 for kd/random)
+    extra: Tensor | None = None  # [n, ...] extra view, KL only (TL); None for UNIX-family methods
+    extra_index: Tensor | None = None  # [n] batch row of the base image of each extra row
     extra_teacher_logits: Tensor | None = None  # [n, classes] teacher logits the selector already computed
-    teacher_scored: int = 0                     # images the no-grad teacher forward ran on inside selection
-    weights: LossWeights | None = None          # None: the config's loss.ce_weight / loss.kd_weight
+    teacher_scored: int = 0  # images the no-grad teacher forward ran on inside selection
+    weights: LossWeights | None = None  # None: the config's loss.ce_weight / loss.kd_weight
 
 
 # ---- option checks: one-line ValueErrors that name the key and what is allowed ----
+
 
 def check_k(k) -> None:
     """k is an int count >= 1 or a float fraction in (0, 1] (the batch size is not known yet)."""
@@ -171,6 +172,7 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
 
 
 # ---- the scoring forward (SPEC §2 step 1) ----
+
 
 def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor:
     """Student logits on all N images, no grad, as float32 [N, classes].
@@ -285,8 +287,9 @@ class UnixSelector(Selector):
 
     scores_batch = True
 
-    def __init__(self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy",
-                 score_mode: str = "train", *, seed: int = 0):
+    def __init__(
+        self, k, alpha, w: float = 10.0, b=None, criterion: str = "entropy", score_mode: str = "train", *, seed: int = 0
+    ):
         super().__init__(seed=seed)
         check_k(k)
         check_positive("alpha", alpha)
@@ -304,15 +307,23 @@ class UnixSelector(Selector):
 
     def select_drawn(self, images, labels, student, k: int, b: int, lam: float, perm: np.ndarray) -> Selection:
         """Steps 1-3 and 6-8 on this step's draws (λ, perm from `draw`): the eager path, also the graph's fallback."""
-        logits = score(student, images, self.score_mode)                    # step 1
-        mix = unix_mix(images, logits, k=k, lam=lam, perm=self._device_index(perm, images),  # steps 2-3, 6-8
-                       w=self.w, b=b, criterion=self.criterion)
+        logits = score(student, images, self.score_mode)  # step 1
+        mix = unix_mix(
+            images,
+            logits,
+            k=k,
+            lam=lam,
+            perm=self._device_index(perm, images),  # steps 2-3, 6-8
+            w=self.w,
+            b=b,
+            criterion=self.criterion,
+        )
         return self.selection(mix, labels, images.shape[0])
 
     def draw(self, N: int) -> tuple[float, np.ndarray]:
         """This step's random draws, host-side: one λ ~ Beta(α, α) and a permutation of the original batch."""
         lam = float(self.rng.beta(self.alpha, self.alpha))  # step 5: one λ per step
-        perm = self.rng.permutation(N)                      # step 4: partners from the original batch
+        perm = self.rng.permutation(N)  # step 4: partners from the original batch
         return lam, perm
 
     @staticmethod
@@ -323,9 +334,22 @@ class UnixSelector(Selector):
         return Selection(x=mix.x, y=y, y_partner=y_partner, m=mix.m, index=mix.rank, scored=N)
 
 
-def build_selector(method: str, *, k=None, alpha: float = 1.0, w: float = 10.0, b=None,
-                   criterion: str = "entropy", score_mode: str = "train", tl_alpha: float = 0.9, pool: int = 2,
-                   n_pick=1.0, pick_criterion: str = "kl", temperature: float = 4.0, seed: int = 0) -> Selector:
+def build_selector(
+    method: str,
+    *,
+    k=None,
+    alpha: float = 1.0,
+    w: float = 10.0,
+    b=None,
+    criterion: str = "entropy",
+    score_mode: str = "train",
+    tl_alpha: float = 0.9,
+    pool: int = 2,
+    n_pick=1.0,
+    pick_criterion: str = "kl",
+    temperature: float = 4.0,
+    seed: int = 0,
+) -> Selector:
     """The selector for `method` (one of METHODS), given the options it uses (the rest are checked, unused).
 
     k: int count or float fraction of each batch; b: None (N // 2), int count or fraction in (0, 1).
@@ -346,8 +370,20 @@ def build_selector(method: str, *, k=None, alpha: float = 1.0, w: float = 10.0, 
     check_n_pick(n_pick, pool)
     check_pick_criterion(pick_criterion)
     cls = SELECTORS[method]
-    options = dict(k=k, alpha=alpha, w=w, b=b, criterion=criterion, score_mode=score_mode, tl_alpha=tl_alpha,
-                   pool=pool, n_pick=n_pick, pick_criterion=pick_criterion, temperature=temperature, seed=seed)
+    options = dict(
+        k=k,
+        alpha=alpha,
+        w=w,
+        b=b,
+        criterion=criterion,
+        score_mode=score_mode,
+        tl_alpha=tl_alpha,
+        pool=pool,
+        n_pick=n_pick,
+        pick_criterion=pick_criterion,
+        temperature=temperature,
+        seed=seed,
+    )
     params = inspect.signature(cls.__init__).parameters
     for name, param in params.items():
         if param.default is inspect.Parameter.empty and options.get(name, ...) is None:

@@ -87,8 +87,9 @@ def derangement(rng: np.random.Generator, N: int) -> np.ndarray:
             return perm
 
 
-def pick_scores(teacher_logits: Tensor | None, student_logits: Tensor | None, criterion: str,
-                temperature: float) -> Tensor:
+def pick_scores(
+    teacher_logits: Tensor | None, student_logits: Tensor | None, criterion: str, temperature: float
+) -> Tensor:
     """d per pool row, float32 [P]: kl = KL(softmax(t/T) ‖ softmax(s/T)); teacher_/student_entropy at T = 1."""
     check_pick_criterion(criterion)
     if criterion == "teacher_entropy":
@@ -134,8 +135,9 @@ class TLSelector(Selector):
 
     def _selection(self, images, labels, **extra) -> Selection:
         rows = torch.arange(images.shape[0], device=images.device)
-        return Selection(x=images, y=labels, y_partner=None, m=None, index=rows, scored=0,
-                         weights=self.loss_weights(), **extra)
+        return Selection(
+            x=images, y=labels, y_partner=None, m=None, index=rows, scored=0, weights=self.loss_weights(), **extra
+        )
 
     def select(self, images, labels, student):
         rows = torch.arange(images.shape[0], device=images.device)
@@ -169,8 +171,18 @@ class TLCutMixPickSelector(TLSelector):
 
     needs_teacher = True
 
-    def __init__(self, alpha, tl_alpha: float = 0.9, pool: int = 2, n_pick=1.0, pick_criterion: str = "kl",
-                 score_mode: str = "train", temperature: float = 4.0, *, seed: int = 0):
+    def __init__(
+        self,
+        alpha,
+        tl_alpha: float = 0.9,
+        pool: int = 2,
+        n_pick=1.0,
+        pick_criterion: str = "kl",
+        score_mode: str = "train",
+        temperature: float = 4.0,
+        *,
+        seed: int = 0,
+    ):
         super().__init__(alpha, tl_alpha, seed=seed)
         check_pool(pool)
         check_n_pick(n_pick, pool)
@@ -193,11 +205,15 @@ class TLCutMixPickSelector(TLSelector):
                 t_logits = teacher(pool)
         if self.pick_criterion in ("kl", "student_entropy"):
             s_logits = score(student, pool, self.score_mode)
-        d = pick_scores(None if t_logits is None else t_logits.float(), s_logits, self.pick_criterion,
-                        self.temperature)
+        d = pick_scores(None if t_logits is None else t_logits.float(), s_logits, self.pick_criterion, self.temperature)
         rows = pick(d, n_pick)
-        sel = self._selection(images, labels, extra=pool[rows], extra_index=rows % N,
-                              extra_teacher_logits=None if t_logits is None else t_logits[rows],
-                              teacher_scored=0 if t_logits is None else pool.shape[0])
+        sel = self._selection(
+            images,
+            labels,
+            extra=pool[rows],
+            extra_index=rows % N,
+            extra_teacher_logits=None if t_logits is None else t_logits[rows],
+            teacher_scored=0 if t_logits is None else pool.shape[0],
+        )
         sel.scored = 0 if s_logits is None else pool.shape[0]
         return sel

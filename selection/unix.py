@@ -42,10 +42,10 @@ def correction_factor(N: int, *, w: float = 10.0, b: int | None = None, device=N
 class UnixMix:
     """The k rows UNIX distils on, in sorted order (most uncertain first)."""
 
-    x: Tensor        # [k, ...] mixed rows, same dtype as the input x
-    rank: Tensor     # [k] row of x of each base image: rank[:k] of argsort(uncertainty, descending)
+    x: Tensor  # [k, ...] mixed rows, same dtype as the input x
+    rank: Tensor  # [k] row of x of each base image: rank[:k] of argsort(uncertainty, descending)
     partner: Tensor  # [k] row of x of each partner: perm[:k]
-    m: Tensor        # [k] float32 partner weights λ·c_r
+    m: Tensor  # [k] float32 partner weights λ·c_r
 
 
 def mix(x: Tensor, base: Tensor, partner: Tensor, m: Tensor) -> Tensor:
@@ -94,9 +94,9 @@ def unix_mix(
         raise ValueError(f"lam={lam!r} must be in [0, 1]")
     k = int(k)
 
-    u = uncertainty(logits, criterion)                      # step 2
-    rank = torch.argsort(u, descending=True, stable=True)   # step 3: most uncertain first; ties by row
-    c = correction_factor(N, w=w, b=b, device=x.device)     # step 6
-    rank, partner = rank[:k], perm[:k]                      # step 8: only the first k rows are built
-    m = lam * c[:k]                                         # step 7: m_r = λ·c_r
+    u = uncertainty(logits, criterion)  # step 2
+    rank = torch.argsort(u, descending=True, stable=True)  # step 3: most uncertain first; ties by row
+    c = correction_factor(N, w=w, b=b, device=x.device)  # step 6
+    rank, partner = rank[:k], perm[:k]  # step 8: only the first k rows are built
+    m = lam * c[:k]  # step 7: m_r = λ·c_r
     return UnixMix(x=mix(x, rank, partner, m), rank=rank, partner=partner, m=m)

@@ -26,9 +26,19 @@ def ids_of(images: torch.Tensor) -> list[int]:
 
 
 def main(root: str, out: str) -> None:
-    cfg = load_config(None, [f"data.root={root}", "data.image_size=16", "data.batch_size=8", "data.num_threads=1",
-                             "data.crop_scale=[0.5,1.0]", "selection.method=none", "loss.ce_weight=1.0",
-                             f"out_dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "data.num_threads=1",
+            "data.crop_scale=[0.5,1.0]",
+            "selection.method=none",
+            "loss.ce_weight=1.0",
+            f"out_dir={out}",
+        ],
+    )
     accelerator = make_accelerator(cfg)
     data = build_data(cfg, accelerator)
     record = {"world_size": accelerator.num_processes, "train_batches": len(data.train), "train": [], "val": []}

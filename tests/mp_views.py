@@ -60,8 +60,13 @@ def check(accelerator, method, at, options) -> dict:
     ours, theirs = student.state_dict(), ref.state_dict()
     for n in ours:
         torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-6, msg=f"state {n}")
-    return {"method": method, "at": at, "loss": loss.item(), "max_grad_diff": worst,
-            "num_batches_tracked": int(student.stem[1].num_batches_tracked)}
+    return {
+        "method": method,
+        "at": at,
+        "loss": loss.item(),
+        "max_grad_diff": worst,
+        "num_batches_tracked": int(student.stem[1].num_batches_tracked),
+    }
 
 
 def main(out: str) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image
 
 
-def write_cifar(root: Path, name: str = "cifar100", n_train: int = 200, n_test: int = 60, seed: int = 0,
-                bytes_keys: bool = False) -> dict:
+def write_cifar(
+    root: Path, name: str = "cifar100", n_train: int = 200, n_test: int = 60, seed: int = 0, bytes_keys: bool = False
+) -> dict:
     """Write ``root/<cifar folder>/...`` like the python version of CIFAR; return the arrays written (data rows)."""
     rng = np.random.default_rng(seed)
     n_classes = 100 if name == "cifar100" else 10
@@ -41,7 +42,9 @@ def write_cifar(root: Path, name: str = "cifar100", n_train: int = 200, n_test: 
     return {"train": train, "test": test, "y_train": y_train, "y_test": y_test, "names": names, "folder": folder}
 
 
-def write_tinyimagenet(root: Path, wnids=("n03", "n01", "n02"), n_train: int = 3, n_val: int = 2, seed: int = 0) -> dict:
+def write_tinyimagenet(
+    root: Path, wnids=("n03", "n01", "n02"), n_train: int = 3, n_val: int = 2, seed: int = 0
+) -> dict:
     """A Tiny-ImageNet tree: wnids.txt (in the given, unsorted order), train/<wnid>/images, val/images + annotations.
 
     Images are 64×64 noise saved as high-quality JPEGs (what matters is that DALI decodes them).

@@ -30,7 +30,9 @@ class OneProcess:
 
 
 def sel(index, extra_index=None):
-    return SimpleNamespace(index=torch.tensor(index), extra_index=None if extra_index is None else torch.tensor(extra_index))
+    return SimpleNamespace(
+        index=torch.tensor(index), extra_index=None if extra_index is None else torch.tensor(extra_index)
+    )
 
 
 class Loader:
@@ -47,7 +49,7 @@ def test_counts_per_epoch_with_extra_rows_and_images(tmp_path):
     acc = OneProcess()
     labels = torch.tensor([0, 1, 1, 2])  # N = 4
     log.set_epoch(0, 0)
-    log.observe(labels, sel([2, 0]))                 # batch 0: files 9 8 7 6; rows 2, 0 -> files 7, 9
+    log.observe(labels, sel([2, 0]))  # batch 0: files 9 8 7 6; rows 2, 0 -> files 7, 9
     log.observe(labels, sel([3], extra_index=[1, 1, 3]))  # batch 1: files 5 4 3 2; row 3 -> 2, extra 4 4 2
     log.end_epoch(acc)
     log.set_epoch(1, 0)
@@ -113,8 +115,9 @@ def test_record_eval_moves_per_class_counts_out_of_the_metrics(tmp_path):
     log = SamplingLog(tmp_path, list("abcd"), "cpu", write=True)
     out = log.record_eval(5, 0, {"top1": 50.0, "per_class_correct": [1, 0, 2, 0], "per_class_total": [2, 1, 2, 3]})
     assert out == {"top1": 50.0}
-    assert load_sampling(tmp_path)["eval"] == [{"step": 5, "epoch": 0, "top1": 50.0,
-                                               "per_class_correct": [1, 0, 2, 0], "per_class_total": [2, 1, 2, 3]}]
+    assert load_sampling(tmp_path)["eval"] == [
+        {"step": 5, "epoch": 0, "top1": 50.0, "per_class_correct": [1, 0, 2, 0], "per_class_total": [2, 1, 2, 3]}
+    ]
 
 
 class ValLoader:
@@ -146,11 +149,16 @@ def fake_run(tmp_path, extra=False):
     rows.append({"step": 8, "epoch": 1, "final": True, "top1": 60.0, "teacher_top1": 90.0, "cost_fraction": 0.77})
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "config.yaml").write_text("selection:\n  method: unix\n")
-    sampling = {"classes": list("abcd"), "epochs": [0, 1], "seen": [[8, 8, 8, 8], [8, 8, 8, 8]],
-                "selected": [[8, 6, 4, 2], [7, 6, 5, 2]], "extra": [[2, 1, 0, 0], [1, 1, 1, 1]] if extra else
-                [[0] * 4, [0] * 4],
-                "eval": [{"step": 8, "epoch": 1, "top1": 60.0, "per_class_correct": [1, 2, 3, 4],
-                          "per_class_total": [5, 5, 5, 5]}]}
+    sampling = {
+        "classes": list("abcd"),
+        "epochs": [0, 1],
+        "seen": [[8, 8, 8, 8], [8, 8, 8, 8]],
+        "selected": [[8, 6, 4, 2], [7, 6, 5, 2]],
+        "extra": [[2, 1, 0, 0], [1, 1, 1, 1]] if extra else [[0] * 4, [0] * 4],
+        "eval": [
+            {"step": 8, "epoch": 1, "top1": 60.0, "per_class_correct": [1, 2, 3, 4], "per_class_total": [5, 5, 5, 5]}
+        ],
+    }
     (tmp_path / "sampling.json").write_text(json.dumps(sampling))
 
 
@@ -159,8 +167,7 @@ def test_report_draws_three_pngs(tmp_path, extra, capsys):
     fake_run(tmp_path, extra)
     assert launch.main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
-    assert [p.rsplit("/", 1)[-1] for p in printed] == ["sampling_heatmap.png", "selected_vs_accuracy.png",
-                                                       "curves.png"]
+    assert [p.rsplit("/", 1)[-1] for p in printed] == ["sampling_heatmap.png", "selected_vs_accuracy.png", "curves.png"]
     for name in printed:
         data = Path(name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

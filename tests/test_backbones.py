@@ -20,10 +20,28 @@ from training.backbones import NAMES
 from training.models import create_model
 
 EXPECTED = {
-    "cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
-    "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4", "cifar_wrn_16_1", "cifar_wrn_16_2", "cifar_wrn_40_1",
-    "cifar_wrn_40_2", "cifar_vgg8", "cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19", "cifar_mobilenetv2",
-    "cifar_shufflev1", "cifar_shufflev2", "cifar_resnet50",
+    "cifar_resnet8",
+    "cifar_resnet14",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet44",
+    "cifar_resnet56",
+    "cifar_resnet110",
+    "cifar_resnet8x4",
+    "cifar_resnet32x4",
+    "cifar_wrn_16_1",
+    "cifar_wrn_16_2",
+    "cifar_wrn_40_1",
+    "cifar_wrn_40_2",
+    "cifar_vgg8",
+    "cifar_vgg11",
+    "cifar_vgg13",
+    "cifar_vgg16",
+    "cifar_vgg19",
+    "cifar_mobilenetv2",
+    "cifar_shufflev1",
+    "cifar_shufflev2",
+    "cifar_resnet50",
 }
 
 
@@ -97,18 +115,22 @@ def test_trainer_names_reach_them_and_pretrained_is_refused():
         create_model("cifar_resnet8", 10, pretrained=True)
 
 
-@pytest.mark.parametrize("teacher,student,published", [
-    ("cifar_resnet32x4", "cifar_resnet8x4", 6.12),
-    ("cifar_wrn_40_2", "cifar_wrn_16_2", 3.25),
-    ("cifar_resnet56", "cifar_resnet20", 3.06),
-    ("cifar_vgg13", "cifar_vgg8", 2.97),
-])
+@pytest.mark.parametrize(
+    "teacher,student,published",
+    [
+        ("cifar_resnet32x4", "cifar_resnet8x4", 6.12),
+        ("cifar_wrn_40_2", "cifar_wrn_16_2", 3.25),
+        ("cifar_resnet56", "cifar_resnet20", 3.06),
+        ("cifar_vgg13", "cifar_vgg8", 2.97),
+    ],
+)
 def test_flop_ratios_match_the_unix_paper(teacher, student, published):
     assert forward_flops(teacher) / forward_flops(student) == pytest.approx(published, rel=0.03)
 
 
-@pytest.mark.parametrize("name,published_m", [("cifar_resnet32x4", 7.43), ("cifar_resnet8x4", 1.23),
-                                              ("cifar_wrn_40_2", 2.25)])
+@pytest.mark.parametrize(
+    "name,published_m", [("cifar_resnet32x4", 7.43), ("cifar_resnet8x4", 1.23), ("cifar_wrn_40_2", 2.25)]
+)
 def test_parameter_counts_match_the_tl_papers_table(name, published_m):
     assert params(name) / 1e6 == pytest.approx(published_m, rel=0.02)
 
@@ -127,9 +149,14 @@ def resnet_d_params(depth: int, stem: int, widths, num_classes: int = 100) -> in
     return total + widths[-1] * num_classes + num_classes
 
 
-@pytest.mark.parametrize("name,depth,stem,widths", [("cifar_resnet20", 20, 16, (16, 32, 64)),
-                                                    ("cifar_resnet110", 110, 16, (16, 32, 64)),
-                                                    ("cifar_resnet8x4", 8, 32, (64, 128, 256))])
+@pytest.mark.parametrize(
+    "name,depth,stem,widths",
+    [
+        ("cifar_resnet20", 20, 16, (16, 32, 64)),
+        ("cifar_resnet110", 110, 16, (16, 32, 64)),
+        ("cifar_resnet8x4", 8, 32, (64, 128, 256)),
+    ],
+)
 def test_resnet_parameters_match_a_hand_count(name, depth, stem, widths):
     assert params(name) == resnet_d_params(depth, stem, widths)
 
@@ -172,8 +199,12 @@ def state_dict_digest(model: torch.nn.Module) -> str:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_state_dict_keys_params_and_flops_are_unchanged(name):
     model = timm.create_model(name, num_classes=100)
-    got = (len(model.state_dict()), sum(p.numel() for p in model.parameters()), forward_flops(name),
-           state_dict_digest(model))
+    got = (
+        len(model.state_dict()),
+        sum(p.numel() for p in model.parameters()),
+        forward_flops(name),
+        state_dict_digest(model),
+    )
     assert got == STATE_DICT_SNAPSHOT[name]
 
 
@@ -190,8 +221,9 @@ def fx_tracer_kwargs() -> dict:
     """What timm's FX feature extraction traces with: its registered leaf modules and wrapped functions."""
     from timm.models import get_notrace_functions, get_notrace_modules
 
-    return dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-                param_shapes_constant=True)
+    return dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
 
 
 def fx_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -299,7 +331,8 @@ def test_model_forward_torchscript_with_features_fx(name):
         with timm.layers.set_scriptable(True):
             features = timm.create_model(name, features_only=True, feature_cls="fx")
         missing, unexpected = features.load_state_dict(  # the graph keeps the model's names, less what follows
-            {"graph_module." + k: v for k, v in model.state_dict().items()}, strict=False)  # the last stage
+            {"graph_module." + k: v for k, v in model.state_dict().items()}, strict=False
+        )  # the last stage
         assert not missing and all(k.startswith(("graph_module.final.", "graph_module.fc.")) for k in unexpected)
         got = torch.jit.script(features.eval())(x)
         assert isinstance(got, list) and len(got) == len(expected)

@@ -40,8 +40,14 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 def overrides(tmp_path, digits_root, teacher_ckpt) -> list[str]:
-    return [f"out_dir={tmp_path / 'run'}", f"data.root={digits_root}", f"data.batch_size={N}",
-            "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}", f"selection.k={K}"]
+    return [
+        f"out_dir={tmp_path / 'run'}",
+        f"data.root={digits_root}",
+        f"data.batch_size={N}",
+        "model.teacher=test_resnet",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        f"selection.k={K}",
+    ]
 
 
 def forward_flops_here(name: str) -> int:
@@ -60,8 +66,24 @@ def per_image():
 
 def test_bench_both_modes_with_the_timm_peer(tmp_path, digits_root, teacher_ckpt, per_image, capsys):
     out = tmp_path / "bench.json"
-    code = launch.main(["bench", "--config", DEMO, "--data", "both", "--peer", "timm", "--steps", str(STEPS),
-                        "--warmup", "1", "--json", str(out), *overrides(tmp_path, digits_root, teacher_ckpt)])
+    code = launch.main(
+        [
+            "bench",
+            "--config",
+            DEMO,
+            "--data",
+            "both",
+            "--peer",
+            "timm",
+            "--steps",
+            str(STEPS),
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+            *overrides(tmp_path, digits_root, teacher_ckpt),
+        ]
+    )
     assert code == 0
     table = capsys.readouterr().out
     r = json.loads(out.read_text())
@@ -125,16 +147,37 @@ def test_bench_both_modes_with_the_timm_peer(tmp_path, digits_root, teacher_ckpt
 
 def test_profile_writes_json_and_png_and_counts_each_phase(tmp_path, digits_root, teacher_ckpt, per_image):
     out = tmp_path / "prof"
-    code = launch.main(["profile", "--config", DEMO, "--selector", "unix", "--steps", str(STEPS), "--warmup", "1",
-                        "--out", str(out), *overrides(tmp_path, digits_root, teacher_ckpt)])
+    code = launch.main(
+        [
+            "profile",
+            "--config",
+            DEMO,
+            "--selector",
+            "unix",
+            "--steps",
+            str(STEPS),
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+            *overrides(tmp_path, digits_root, teacher_ckpt),
+        ]
+    )
     assert code == 0
     assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = json.loads((out / "profile.json").read_text())
     assert r["selector"] == "unix" and r["environment"]["git_commit"] and r["median_step_ms"] > 0
 
     phases = r["phases"]
-    assert list(phases) == ["data_wait", "scoring_forward", "sort_mix", "teacher_forward", "student_forward",
-                            "student_backward", "optimizer"]
+    assert list(phases) == [
+        "data_wait",
+        "scoring_forward",
+        "sort_mix",
+        "teacher_forward",
+        "student_forward",
+        "student_backward",
+        "optimizer",
+    ]
     for name, p in phases.items():
         assert set(p) == {"median_ms", "time_share", "flops", "flop_share", "achieved_tflops", "mfu", "ms"}, name
         assert len(p["ms"]) == STEPS and p["mfu"] is None  # no peak for a CPU
@@ -143,8 +186,15 @@ def test_profile_writes_json_and_png_and_counts_each_phase(tmp_path, digits_root
 
     # FLOPs counted on the real training step, phase by phase, against per-image counts of fresh models
     Ft, Fs, Bs = per_image
-    expected = {"data_wait": 0, "scoring_forward": N * Fs, "sort_mix": 0, "teacher_forward": K * Ft,
-                "student_forward": K * Fs, "student_backward": K * Bs, "optimizer": 0}
+    expected = {
+        "data_wait": 0,
+        "scoring_forward": N * Fs,
+        "sort_mix": 0,
+        "teacher_forward": K * Ft,
+        "student_forward": K * Fs,
+        "student_backward": K * Bs,
+        "optimizer": 0,
+    }
     for name, flops in expected.items():
         assert phases[name]["flops"] == pytest.approx(flops, rel=1e-12, abs=0), name
     assert r["step_flops"] == pytest.approx(K * Ft + (N + K) * Fs + K * Bs, rel=1e-12)
@@ -156,10 +206,26 @@ def test_profile_writes_json_and_png_and_counts_each_phase(tmp_path, digits_root
 
 def synthetic_args(tmp_path, teacher_ckpt, *extra) -> list[str]:
     """bench on the resident batch only (no dataset, no DALI): the quick way through the runners."""
-    return ["bench", "--config", DEMO, "--data", "synthetic", "--steps", str(STEPS), "--warmup", "1",
-            "--json", str(tmp_path / "bench.json"), *extra, f"out_dir={tmp_path / 'run'}", "model.num_classes=10",
-            "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}", f"data.batch_size={N}",
-            f"selection.k={K}"]
+    return [
+        "bench",
+        "--config",
+        DEMO,
+        "--data",
+        "synthetic",
+        "--steps",
+        str(STEPS),
+        "--warmup",
+        "1",
+        "--json",
+        str(tmp_path / "bench.json"),
+        *extra,
+        f"out_dir={tmp_path / 'run'}",
+        "model.num_classes=10",
+        "model.teacher=test_resnet",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        f"data.batch_size={N}",
+        f"selection.k={K}",
+    ]
 
 
 @pytest.fixture
@@ -186,8 +252,9 @@ def test_bench_fast_path_both_on_cpu_times_the_eager_runners_once(tmp_path, teac
     p2 = r["p2"]
     assert p2["fused_mode"] is None and p2["median_ms"]["unix_fused"] is None and "unix_fused" not in p2["ms"]
     assert all(len(p2["ms"][name]) == STEPS for name in ("student_forward", "unix_eager"))
-    assert p2["eager_over_forward"] == pytest.approx(statistics.median(p2["ms"]["unix_eager"]) /
-                                                     statistics.median(p2["ms"]["student_forward"]))
+    assert p2["eager_over_forward"] == pytest.approx(
+        statistics.median(p2["ms"]["unix_eager"]) / statistics.median(p2["ms"]["student_forward"])
+    )
     assert r["targets"]["P2"]["eager"]["ratio"] == p2["eager_over_forward"] and r["targets"]["P2"]["fused"] is None
     assert p2["N"] == N and p2["k"] == K and set(p2["mfu"].values()) == {None}
     # the teacher forward on k rows: eager alone on a CPU unless asked
@@ -216,8 +283,9 @@ def test_bench_fast_path_both_times_fused_and_eager_side_by_side(tmp_path, teach
         fallbacks = rows[name]["eager_fallbacks"]  # nothing the fused rows timed ran eagerly after all
         assert fallbacks["teacher"] == 0 and fallbacks["selection"] == (0 if name == "unix" else None)
         for path, kd in ((name, "kd"), (f"{name}/eager", "kd/eager")):  # step ratios within a path
-            assert rows[path]["step_ratio_kd"] == pytest.approx(rows[path]["median_step_ms"] /
-                                                                rows[kd]["median_step_ms"])
+            assert rows[path]["step_ratio_kd"] == pytest.approx(
+                rows[path]["median_step_ms"] / rows[kd]["median_step_ms"]
+            )
     for path, suffix in (("fused", ""), ("eager", "/eager")):
         unix = rows["unix" + suffix]
         p1 = r["targets"]["P1"][path]
@@ -225,8 +293,9 @@ def test_bench_fast_path_both_times_fused_and_eager_side_by_side(tmp_path, teach
         assert p1["pass"] == (p1["margin"] <= 0.03)
     p2 = r["p2"]
     assert p2["fused_mode"] == "static" and p2["fused_fallbacks"] == 0 and len(p2["ms"]["unix_fused"]) == STEPS
-    assert p2["fused_over_forward"] == pytest.approx(statistics.median(p2["ms"]["unix_fused"]) /
-                                                     statistics.median(p2["ms"]["student_forward"]))
+    assert p2["fused_over_forward"] == pytest.approx(
+        statistics.median(p2["ms"]["unix_fused"]) / statistics.median(p2["ms"]["student_forward"])
+    )
 
 
 def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
@@ -236,8 +305,17 @@ def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
     from training.timing import build_timed_run, load_timing_config
     from training.trainer import make_accelerator, make_selector
 
-    cfg = load_timing_config(DEMO, ["model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}",
-                                    "model.num_classes=10", f"data.batch_size={N}", f"selection.k={K}"], "synthetic")
+    cfg = load_timing_config(
+        DEMO,
+        [
+            "model.teacher=test_resnet",
+            f"model.teacher_checkpoint={teacher_ckpt}",
+            "model.num_classes=10",
+            f"data.batch_size={N}",
+            f"selection.k={K}",
+        ],
+        "synthetic",
+    )
     accelerator = make_accelerator(cfg)
     run = build_timed_run(cfg, accelerator, 10)
     fused = {name: make_selector(cfg, accelerator, name, run.ledger) for name in ("kd", "unix")}
@@ -277,22 +355,40 @@ class CaptureLikeStaticGraph(StaticGraph):
         self.warm_up(warmup, preserve)
 
 
-def test_profile_with_a_graphed_selection_counts_its_flops_once(tmp_path, digits_root, teacher_ckpt, per_image,
-                                                                 static_twins, monkeypatch):
+def test_profile_with_a_graphed_selection_counts_its_flops_once(
+    tmp_path, digits_root, teacher_ckpt, per_image, static_twins, monkeypatch
+):
     graphed_module = importlib.import_module("selection.graphed")  # `selection.graphed` is also a function
     monkeypatch.setattr(graphed_module, "StaticGraph", CaptureLikeStaticGraph)
     monkeypatch.setattr(training.fastpath, "StaticGraph", CaptureLikeStaticGraph)
     Ft, Fs, Bs = per_image
-    common = ["--selector", "unix", "--steps", str(STEPS), "--warmup", "1",
-              *overrides(tmp_path, digits_root, teacher_ckpt)]
+    common = [
+        "--selector",
+        "unix",
+        "--steps",
+        str(STEPS),
+        "--warmup",
+        "1",
+        *overrides(tmp_path, digits_root, teacher_ckpt),
+    ]
     assert launch.main(["profile", "--config", DEMO, "--out", str(tmp_path / "fused"), *common]) == 0
     r = json.loads((tmp_path / "fused" / "profile.json").read_text())
     assert r["fast_path"]["modes"] == {"selection": "static", "teacher": "static", "student": "eager"}
     phases = r["phases"]
-    assert list(phases) == ["data_wait", "selection_fused", "teacher_forward", "student_forward",
-                            "student_backward", "optimizer"]  # hooks do not see inside a replay: one phase
-    expected = {"selection_fused": N * Fs, "teacher_forward": K * Ft, "student_forward": K * Fs,
-                "student_backward": K * Bs}
+    assert list(phases) == [
+        "data_wait",
+        "selection_fused",
+        "teacher_forward",
+        "student_forward",
+        "student_backward",
+        "optimizer",
+    ]  # hooks do not see inside a replay: one phase
+    expected = {
+        "selection_fused": N * Fs,
+        "teacher_forward": K * Ft,
+        "student_forward": K * Fs,
+        "student_backward": K * Bs,
+    }
     for name, flops in expected.items():
         assert phases[name]["flops"] == pytest.approx(flops, rel=1e-12, abs=0), name
     assert r["step_flops"] == pytest.approx(K * Ft + (N + K) * Fs + K * Bs, rel=1e-12)
@@ -305,8 +401,10 @@ def test_profile_with_a_graphed_selection_counts_its_flops_once(tmp_path, digits
         raise ImportError("No module named 'matplotlib'")
 
     monkeypatch.setattr(training.profile, "plot", no_matplotlib)
-    assert launch.main(["profile", "--config", DEMO, "--fast-path", "eager", "--out", str(tmp_path / "eager"),
-                        *common]) == 0
+    assert (
+        launch.main(["profile", "--config", DEMO, "--fast-path", "eager", "--out", str(tmp_path / "eager"), *common])
+        == 0
+    )
     assert not (tmp_path / "eager" / "profile.png").exists()
     r = json.loads((tmp_path / "eager" / "profile.json").read_text())
     assert r["fast_path"]["modes"] == {"selection": "eager", "teacher": "eager", "student": "eager"}
@@ -317,21 +415,36 @@ def test_profile_with_a_graphed_selection_counts_its_flops_once(tmp_path, digits
 def test_gpu_script_commands(tmp_path):
     """benchmarks/gpu_fastpath.sh (run on a GPU machine) in dry-run mode: per pair, the commands it would run."""
     script = REPO / "benchmarks" / "gpu_fastpath.sh"
-    for pair, config in (("resnet18_shufflenetv2", "configs/imagenet/resnet18_shufflenetv2.yaml"),
-                         ("convnext_base_resnet18", "configs/imagenet/convnext_base_resnet18.yaml")):
-        out = subprocess.run(["bash", str(script), pair, str(tmp_path / pair)], cwd=REPO, capture_output=True,
-                             text=True, env={**os.environ, "DRY_RUN": "1", "JPEG_DIR": str(tmp_path / "jpegs")},
-                             timeout=60)
+    for pair, config in (
+        ("resnet18_shufflenetv2", "configs/imagenet/resnet18_shufflenetv2.yaml"),
+        ("convnext_base_resnet18", "configs/imagenet/convnext_base_resnet18.yaml"),
+    ):
+        out = subprocess.run(
+            ["bash", str(script), pair, str(tmp_path / pair)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DRY_RUN": "1", "JPEG_DIR": str(tmp_path / "jpegs")},
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         commands = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
         bench = [c for c in commands if " launch.py bench " in c]
         assert len(bench) == 1 and f"--config {config}" in bench[0]
-        for flag in ("--data both", "--peer timm", "--fast-path both", "--selectors kd,random,unix",
-                     "model.num_classes=1000", "data.root=", f"--json {tmp_path / pair}/gpu_{pair}_bench.json"):
+        for flag in (
+            "--data both",
+            "--peer timm",
+            "--fast-path both",
+            "--selectors kd,random,unix",
+            "model.num_classes=1000",
+            "data.root=",
+            f"--json {tmp_path / pair}/gpu_{pair}_bench.json",
+        ):
             assert flag in bench[0], flag
         profiles = [c for c in commands if " launch.py profile " in c]
         assert [c.split("--out ")[1].split()[0] for c in profiles] == [
-            f"{tmp_path / pair}/gpu_{pair}_profile_{name}" for name in ("unix", "unix_eager", "kd")]
+            f"{tmp_path / pair}/gpu_{pair}_profile_{name}" for name in ("unix", "unix_eager", "kd")
+        ]
         assert any("make_jpeg_folder.py --out" in c for c in commands)
     bad = subprocess.run(["bash", str(script), "nonsense"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "resnet18_shufflenetv2" in bad.stderr
@@ -350,5 +463,4 @@ def test_bench_fused_rows_replay_graphs_without_eager_fallbacks(tmp_path, teache
     for name in ("kd", "random", "unix"):
         assert all(not n for n in rows[name]["eager_fallbacks"].values()), rows[name]["eager_fallbacks"]
     assert r["p2"]["fused_mode"] == "graph" and r["p2"]["fused_fallbacks"] == 0
-    assert set(r["teacher_forward"]["median_ms"]) | set(r["teacher_forward"]["errors"]) == {"eager", "graph",
-                                                                                            "compile"}
+    assert set(r["teacher_forward"]["median_ms"]) | set(r["teacher_forward"]["errors"]) == {"eager", "graph", "compile"}

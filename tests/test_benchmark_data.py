@@ -16,8 +16,9 @@ from pipeline import IMAGENET_LARGEST, DaliLoader, scan_folder
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, jpeg_folder_script):
     out = tmp_path_factory.mktemp("bench") / "jpegs"
-    rc = jpeg_folder_script.main(["--out", str(out), "--classes", "3", "--train-per-class", "2",
-                                  "--val-per-class", "1", "--seed", "4"])
+    rc = jpeg_folder_script.main(
+        ["--out", str(out), "--classes", "3", "--train-per-class", "2", "--val-per-class", "1", "--seed", "4"]
+    )
     assert rc == 0
     return out
 
@@ -80,9 +81,17 @@ def test_dali_cpu_mode_and_build_data_read_it(tiny):
     loader = DaliLoader(scan_folder(tiny, "train"), train=True, batch_size=3, image_size=64, device="cpu")
     x, y = next(iter(loader))
     assert x.shape == (3, 3, 64, 64) and y.tolist() != []
-    cfg = load_config("configs/imagenet/resnet18_shufflenetv2.yaml",
-                      [f"data.root={tiny}", "model.teacher_checkpoint=unused.pth", "data.batch_size=2",
-                       "data.image_size=64", "selection.k=0.5", "data.num_threads=1"])
+    cfg = load_config(
+        "configs/imagenet/resnet18_shufflenetv2.yaml",
+        [
+            f"data.root={tiny}",
+            "model.teacher_checkpoint=unused.pth",
+            "data.batch_size=2",
+            "data.image_size=64",
+            "selection.k=0.5",
+            "data.num_threads=1",
+        ],
+    )
     data = build_data(cfg, Accelerator(cpu=True))
     assert len(data.classes) == 3 and len(data.train) == 3 and len(data.val) == 2
     assert data.train.preallocate_hint == IMAGENET_LARGEST  # an ImageNet-style folder: the decoder hint is set

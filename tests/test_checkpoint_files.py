@@ -43,8 +43,20 @@ def fresh(name=TINY, num_classes=5, seed=99):
 
 def timm_args(**extra):
     """What timm's train.py hands CheckpointSaver: its parsed command line (plain values, dicts for --*-kwargs)."""
-    return argparse.Namespace(model=TINY, num_classes=5, lr=0.1, opt="sgd", model_kwargs={}, opt_kwargs={},
-                              device="cpu", distributed=False, world_size=1, rank=0, prefetcher=False, **extra)
+    return argparse.Namespace(
+        model=TINY,
+        num_classes=5,
+        lr=0.1,
+        opt="sgd",
+        model_kwargs={},
+        opt_kwargs={},
+        device="cpu",
+        distributed=False,
+        world_size=1,
+        rank=0,
+        prefetcher=False,
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -61,8 +73,9 @@ def timm_run(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     out = tmp_path / "train" / "20260101-test_resnet-160"
     out.mkdir(parents=True)
-    saver = CheckpointSaver(model, optimizer, args=timm_args(), model_ema=ema, checkpoint_dir=str(out),
-                            recovery_dir=str(out), max_history=2)
+    saver = CheckpointSaver(
+        model, optimizer, args=timm_args(), model_ema=ema, checkpoint_dir=str(out), recovery_dir=str(out), max_history=2
+    )
     saver.save_checkpoint(0, metric=12.5)
     plain, averaged = tensors(model), tensors(ema.module)
     assert differs(plain, averaged)
@@ -97,13 +110,19 @@ def test_timm_checkpoint_without_ema(tmp_path):
     from timm.utils import CheckpointSaver
 
     model = fresh(seed=3)
-    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=timm_args(),
-                            checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path))
+    saver = CheckpointSaver(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        args=timm_args(),
+        checkpoint_dir=str(tmp_path),
+        recovery_dir=str(tmp_path),
+    )
     saver.save_checkpoint(4)
     path = str(tmp_path / "last.pth.tar")
     assert_holds(create_model(TINY, 5, checkpoint=path), tensors(model))  # auto: the only weights there are
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=path, weights="ema"), path, "no EMA weights",
-                   "model.teacher_weights")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=path, weights="ema"), path, "no EMA weights", "model.teacher_weights"
+    )
 
 
 def test_ema_requested_from_a_plain_state_dict_is_one_line(tmp_path):
@@ -126,21 +145,37 @@ def test_torchvision_reference_checkpoint_with_averaged_model_ema(tmp_path):
             p.mul_(0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 30)
-    torch.save({"model": model.state_dict(), "model_ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": 3,
-                "args": argparse.Namespace(model="resnet18", output_dir="out", lr=0.1)}, tmp_path / "checkpoint.pth")
-    averaged = {k[len("module."):]: v for k, v in ema.state_dict().items() if k != "n_averaged"}
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": 3,
+            "args": argparse.Namespace(model="resnet18", output_dir="out", lr=0.1),
+        },
+        tmp_path / "checkpoint.pth",
+    )
+    averaged = {k[len("module.") :]: v for k, v in ema.state_dict().items() if k != "n_averaged"}
     assert differs(averaged, tensors(model))
     assert_holds(create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "checkpoint.pth")), averaged)
-    assert_holds(create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "checkpoint.pth"), weights="plain"),
-                 tensors(model))
+    assert_holds(
+        create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "checkpoint.pth"), weights="plain"), tensors(model)
+    )
 
 
 def test_other_trainers_extras_load_safely(tmp_path):
     """numpy numbers (np.float64 best accuracy, an array of per-class scores) and a Path in args."""
     state = tensors(fresh(seed=4))
-    torch.save({"state_dict": state, "best_acc1": np.float64(71.5), "per_class": np.arange(3.0),
-                "args": argparse.Namespace(out=pathlib.PosixPath("/runs/x"), seed=np.int64(3))}, tmp_path / "c.pth")
+    torch.save(
+        {
+            "state_dict": state,
+            "best_acc1": np.float64(71.5),
+            "per_class": np.arange(3.0),
+            "args": argparse.Namespace(out=pathlib.PosixPath("/runs/x"), seed=np.int64(3)),
+        },
+        tmp_path / "c.pth",
+    )
     assert_holds(create_model(TINY, 5, checkpoint=str(tmp_path / "c.pth")), state)
 
 
@@ -154,8 +189,13 @@ def test_a_whole_pickled_model_needs_trust(tmp_path):
     for legacy in (False, True):
         path = tmp_path / f"full-{legacy}.pt"
         torch.save(model, path, _use_new_zipfile_serialization=not legacy)
-        one_line_error(lambda path=path: create_model("tv/resnet18", 10, checkpoint=str(path)), str(path),
-                       "torchvision.models.resnet.ResNet", "model.trust_checkpoint=true", "pickled model")
+        one_line_error(
+            lambda path=path: create_model("tv/resnet18", 10, checkpoint=str(path)),
+            str(path),
+            "torchvision.models.resnet.ResNet",
+            "model.trust_checkpoint=true",
+            "pickled model",
+        )
         assert_holds(create_model("tv/resnet18", 10, checkpoint=str(path), trust=True), tensors(model))
 
 
@@ -166,8 +206,9 @@ class NotAllowlisted:
 def test_an_unknown_global_is_named(tmp_path):
     path = tmp_path / "odd.pth"
     torch.save({"state_dict": tensors(fresh()), "extra": NotAllowlisted()}, path)
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(path)), str(path), "NotAllowlisted",
-                   "model.trust_checkpoint")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(path)), str(path), "NotAllowlisted", "model.trust_checkpoint"
+    )
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -176,8 +217,12 @@ def test_torchscript_archive_is_one_line_and_loads_when_trusted(tmp_path):
     model = torchvision.models.resnet18(num_classes=10).eval()
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(model), str(path))
-    one_line_error(lambda: create_model("tv/resnet18", 10, checkpoint=str(path)), str(path), "TorchScript",
-                   "model.trust_checkpoint")
+    one_line_error(
+        lambda: create_model("tv/resnet18", 10, checkpoint=str(path)),
+        str(path),
+        "TorchScript",
+        "model.trust_checkpoint",
+    )
     assert_holds(create_model("tv/resnet18", 10, checkpoint=str(path), trust=True), tensors(model))
 
 
@@ -205,8 +250,12 @@ class Wrapper(nn.Module):
 @pytest.mark.parametrize("wrap", ["ddp", "compile", "compile_of_ddp", "ddp_of_compile"])
 def test_ddp_and_compile_prefixes(tmp_path, wrap):
     model = fresh(seed=11)
-    wrapped = {"ddp": lambda m: Wrapper(m), "compile": torch.compile, "compile_of_ddp": lambda m: torch.compile(
-        Wrapper(m)), "ddp_of_compile": lambda m: Wrapper(torch.compile(m))}[wrap](model)
+    wrapped = {
+        "ddp": lambda m: Wrapper(m),
+        "compile": torch.compile,
+        "compile_of_ddp": lambda m: torch.compile(Wrapper(m)),
+        "ddp_of_compile": lambda m: Wrapper(torch.compile(m)),
+    }[wrap](model)
     saved = wrapped.state_dict()
     assert all(k.startswith(("module.", "_orig_mod.")) for k in saved)
     torch.save({"state_dict": saved}, tmp_path / "w.pth")
@@ -237,8 +286,9 @@ def test_a_prefix_every_key_shares_is_dropped_only_on_an_exact_match(tmp_path, c
     assert "without their 'model.' prefix" in capsys.readouterr().out
     partial = {k: v for k, v in LitModule(model).state_dict().items() if not k.startswith("model.fc.")}
     torch.save(partial, tmp_path / "partial.pth")  # the same prefix, but not the model's keys under it
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "partial.pth")), "missing keys",
-                   "model.conv1")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "partial.pth")), "missing keys", "model.conv1"
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin", ".pth", ""])
@@ -297,8 +347,11 @@ def test_timm_save_for_hf_folder(tmp_path, safe):
     save_for_hf(model, str(tmp_path / "hf"), safe_serialization=safe)
     assert (tmp_path / "hf" / "config.json").is_file()
     assert_holds(create_model(TINY, 5, checkpoint=str(tmp_path / "hf")), tensors(model))
-    one_line_error(lambda: create_model("resnet10t", 5, checkpoint=str(tmp_path / "hf")),
-                   "does not match resnet10t", "'test_resnet'")  # config.json's architecture, in the message
+    one_line_error(
+        lambda: create_model("resnet10t", 5, checkpoint=str(tmp_path / "hf")),
+        "does not match resnet10t",
+        "'test_resnet'",
+    )  # config.json's architecture, in the message
 
 
 def test_folder_with_one_weights_file_loads_it(tmp_path):
@@ -311,8 +364,13 @@ def test_folder_with_one_weights_file_loads_it(tmp_path):
 
 def test_folder_with_nothing_loadable_lists_what_was_looked_for(tmp_path):
     (tmp_path / "empty").mkdir()
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "empty")), str(tmp_path / "empty"),
-                   "model.safetensors", "pytorch_model.bin", "*.pth")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "empty")),
+        str(tmp_path / "empty"),
+        "model.safetensors",
+        "pytorch_model.bin",
+        "*.pth",
+    )
     (tmp_path / "empty" / "config.json").write_text("{}")
     one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "empty")), "config.json")
 
@@ -322,23 +380,30 @@ def test_a_run_folder_points_at_its_final_subfolder(tmp_path, fresh_accelerator_
 
     Accelerator(cpu=True).save_model(fresh(), str(tmp_path / "run" / "final"))
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "run")), "holds no weights",
-                   "metrics.jsonl", "final/")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "run")), "holds no weights", "metrics.jsonl", "final/"
+    )
 
 
 def test_a_transformers_folder_is_named_in_the_mismatch(tmp_path):
     (tmp_path / "hf").mkdir()
-    save_file({"resnet.embedder.embedder.convolution.weight": torch.zeros(64, 3, 7, 7)},
-              str(tmp_path / "hf" / "model.safetensors"))
+    save_file(
+        {"resnet.embedder.embedder.convolution.weight": torch.zeros(64, 3, 7, 7)},
+        str(tmp_path / "hf" / "model.safetensors"),
+    )
     (tmp_path / "hf" / "config.json").write_text('{"architectures": ["ResNetForImageClassification"]}')
-    one_line_error(lambda: create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "hf")), "missing keys",
-                   "'ResNetForImageClassification'")
+    one_line_error(
+        lambda: create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "hf")),
+        "missing keys",
+        "'ResNetForImageClassification'",
+    )
 
 
 def test_folder_with_two_candidates_asks_to_name_one(timm_run):
     out, _, _ = timm_run  # last.pth.tar, checkpoint-0.pth.tar, model_best.pth.tar
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(out)), str(out), "several", "last.pth.tar",
-                   "model_best.pth.tar")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(out)), str(out), "several", "last.pth.tar", "model_best.pth.tar"
+    )
 
 
 def test_sharded_index_with_a_missing_shard(tmp_path, fresh_accelerator_state):
@@ -347,8 +412,9 @@ def test_sharded_index_with_a_missing_shard(tmp_path, fresh_accelerator_state):
     Accelerator(cpu=True).save_model(fresh(), str(tmp_path / "final"), max_shard_size="20KB")
     shard = sorted((tmp_path / "final").glob("model-*.safetensors"))[1]
     shard.unlink()
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "final")), "model.safetensors.index.json",
-                   shard.name)
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "final")), "model.safetensors.index.json", shard.name
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
@@ -389,14 +455,23 @@ def test_read_only_files_load_and_nothing_is_written(tmp_path, timm_run, fresh_a
 
 def test_classifier_only_mismatch_says_classes(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")  # 1000 classes
-    one_line_error(lambda: create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "imagenet.pth")),
-                   "fc.weight", "(1000, 512)", "the file has 1000 classes, the model 10", "model.num_classes")
+    one_line_error(
+        lambda: create_model("tv/resnet18", 10, checkpoint=str(tmp_path / "imagenet.pth")),
+        "fc.weight",
+        "(1000, 512)",
+        "the file has 1000 classes, the model 10",
+        "model.num_classes",
+    )
 
 
 def test_another_architecture_names_the_files_own(timm_run):
     out, _, _ = timm_run
-    message = one_line_error(lambda: create_model("tv/resnet18", 5, checkpoint=str(out / "last.pth.tar")),
-                             "does not match tv/resnet18", "missing keys", "'test_resnet'")
+    message = one_line_error(
+        lambda: create_model("tv/resnet18", 5, checkpoint=str(out / "last.pth.tar")),
+        "does not match tv/resnet18",
+        "missing keys",
+        "'test_resnet'",
+    )
     assert "classes" not in message
 
 
@@ -412,8 +487,9 @@ def test_truncated_and_empty_files(tmp_path, kind):
         one_line_error(lambda path=path: create_model(TINY, 5, checkpoint=str(path)), str(path), "could not be read")
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "model.safetensors").write_bytes(data[:100])
-    one_line_error(lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "final")), "model.safetensors",
-                   "could not be read")
+    one_line_error(
+        lambda: create_model(TINY, 5, checkpoint=str(tmp_path / "final")), "model.safetensors", "could not be read"
+    )
 
 
 def test_no_state_dict_in_a_dict_lists_its_keys(tmp_path):
@@ -463,8 +539,9 @@ def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
             pass
 
     monkeypatch.setattr(trainer, "create_model", fake)
-    cfg = load_config(None, [*NEEDED, "model.teacher_weights=ema", "model.trust_checkpoint=true",
-                             "model.student=test_resnet"])
+    cfg = load_config(
+        None, [*NEEDED, "model.teacher_weights=ema", "model.trust_checkpoint=true", "model.student=test_resnet"]
+    )
     with pytest.raises(Stop):
         trainer.build_run(cfg, Acc(), 5, 10)
     assert seen["weights"] == "ema" and seen["trust"] is True and seen["checkpoint"] == "x.pth"
@@ -475,7 +552,9 @@ def test_a_teacher_folder_counts_as_present(tmp_path):
     from training.timing import teacher_weights
 
     (tmp_path / "final").mkdir()
-    cfg = load_config(None, ["data.root=/tmp", f"model.teacher_checkpoint={tmp_path / 'final'}",
-                             "teacher_train.train_if_missing=true"])
+    cfg = load_config(
+        None,
+        ["data.root=/tmp", f"model.teacher_checkpoint={tmp_path / 'final'}", "teacher_train.train_if_missing=true"],
+    )
     assert ensure_teacher(cfg) is None  # nothing to train: the folder is there
     assert teacher_weights(cfg) == str(tmp_path / "final")  # bench/profile time it, not a random teacher

@@ -83,7 +83,7 @@ def reference_crop(image: np.ndarray, offset, flip: bool, pad: int) -> np.ndarra
     """The papers' RandomCrop(32, padding=4) then RandomHorizontalFlip, on one uint8 [3, H, W] image."""
     padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)))
     dy, dx = int(offset[0]), int(offset[1])
-    crop = padded[:, dy:dy + image.shape[1], dx:dx + image.shape[2]]
+    crop = padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
     return crop[:, :, ::-1] if flip else crop
 
 
@@ -127,7 +127,8 @@ def test_train_batches_are_the_papers_augmentation_of_each_image(kind):
         assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
         for row, i in zip(x.numpy(), y.tolist()):
             expect = (reference_crop(arrays.images[i], offsets[i], flips[i], 4) - 255 * MEAN[:, None, None]) / (
-                255 * STD[:, None, None])
+                255 * STD[:, None, None]
+            )
             np.testing.assert_allclose(row, expect, rtol=0, atol=1e-5)
         seen += y.tolist()
     assert len(set(seen)) == len(seen) == 192  # a permutation, cut to whole batches
@@ -180,9 +181,14 @@ def test_an_image_gets_the_same_crop_whatever_the_number_of_processes():
 # --- config ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override,needle", [("data.image_size=64", "data.image_size"),
-                                             ("data.cifar_loader=torch", "data.cifar_loader"),
-                                             ("data.crop_padding=-1", "data.crop_padding")])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("data.image_size=64", "data.image_size"),
+        ("data.cifar_loader=torch", "data.cifar_loader"),
+        ("data.crop_padding=-1", "data.crop_padding"),
+    ],
+)
 def test_cifar_config_mistakes_are_one_line(override, needle):
     with pytest.raises(ConfigError) as info:
         load_config("configs/cifar100/resnet56_resnet20.yaml", [override])
@@ -196,9 +202,18 @@ def test_build_data_serves_cifar_to_the_trainer(tmp_path, name, loader):
     from training.data import build_data
 
     write_cifar(tmp_path, name, n_train=64, n_test=10)
-    cfg = load_config("configs/cifar100/resnet56_resnet20.yaml",
-                      [f"data.root={tmp_path}", f"data.dataset={name}", f"data.cifar_loader={loader}",
-                       "data.batch_size=32", "selection.k=24", "selection.b=16", "data.val_batch_size=8"])
+    cfg = load_config(
+        "configs/cifar100/resnet56_resnet20.yaml",
+        [
+            f"data.root={tmp_path}",
+            f"data.dataset={name}",
+            f"data.cifar_loader={loader}",
+            "data.batch_size=32",
+            "selection.k=24",
+            "selection.b=16",
+            "data.val_batch_size=8",
+        ],
+    )
     data = build_data(cfg, Accelerator(cpu=True))
     assert type(data.train).__name__ == {"tensor": "TensorLoader", "dali": "ArrayDaliLoader"}[loader]
     assert len(data.classes) == (10 if name == "cifar10" else 100) and len(data.train) == 2 and len(data.val) == 2

@@ -86,11 +86,25 @@ def tiny_teacher(tmp_path_factory) -> Path:
 
 def pair_config(tmp_path, cifar_root, teacher, *extra):
     """The resnet56 -> resnet20 config, shrunk: resnet8 models, N = 32, a few steps."""
-    return load_config(str(REPO / "configs" / "cifar100" / "resnet56_resnet20.yaml"), [
-        f"out_dir={tmp_path / 'run'}", f"data.root={cifar_root}", f"data.batch_size={N}", f"selection.k={K}",
-        "selection.b=8", f"data.val_batch_size={TEST_IMAGES}", "data.num_threads=1", "model.teacher=cifar_resnet8",
-        "model.student=cifar_resnet8", f"model.teacher_checkpoint={teacher}", "train.max_steps=3",
-        "train.log_every=1", "train.progress=false", *extra])
+    return load_config(
+        str(REPO / "configs" / "cifar100" / "resnet56_resnet20.yaml"),
+        [
+            f"out_dir={tmp_path / 'run'}",
+            f"data.root={cifar_root}",
+            f"data.batch_size={N}",
+            f"selection.k={K}",
+            "selection.b=8",
+            f"data.val_batch_size={TEST_IMAGES}",
+            "data.num_threads=1",
+            "model.teacher=cifar_resnet8",
+            "model.student=cifar_resnet8",
+            f"model.teacher_checkpoint={teacher}",
+            "train.max_steps=3",
+            "train.log_every=1",
+            "train.progress=false",
+            *extra,
+        ],
+    )
 
 
 def rows(out_dir) -> list[dict]:
@@ -135,9 +149,20 @@ def test_cifar_resume_mid_epoch_is_bitwise(tmp_path, cifar_root, tiny_teacher):
 @pytest.mark.slow
 def test_teacher_command_from_the_readme_writes_a_loadable_teacher(tmp_path, cifar_root, capsys):
     out = tmp_path / "teacher_cifar_resnet8"
-    code = launch.main(["train", "--config", str(REPO / "configs" / "cifar100" / "teacher.yaml"),
-                        f"data.root={cifar_root}", "model.student=cifar_resnet8", f"out_dir={out}",
-                        f"data.batch_size={N}", "data.num_threads=1", "train.max_steps=2", "train.progress=false"])
+    code = launch.main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "cifar100" / "teacher.yaml"),
+            f"data.root={cifar_root}",
+            "model.student=cifar_resnet8",
+            f"out_dir={out}",
+            f"data.batch_size={N}",
+            "data.num_threads=1",
+            "train.max_steps=2",
+            "train.progress=false",
+        ]
+    )
     assert code == 0
     final = rows(out)[-1]
     assert final["final"] and final["teacher_images"] == 0 and final["val_images"] == TEST_IMAGES

@@ -31,8 +31,9 @@ def test_k_fraction_and_count_keep_their_type():
 
 
 def test_bool_list_and_int_to_float_coercion():
-    cfg = load_config(str(DEMO), ["data.hflip=true", "data.crop_scale=[0.25,1.0]", "optim.lr=1",
-                                  "data.crop_ratio=[1, 2]", "seed=7"])
+    cfg = load_config(
+        str(DEMO), ["data.hflip=true", "data.crop_scale=[0.25,1.0]", "optim.lr=1", "data.crop_ratio=[1, 2]", "seed=7"]
+    )
     assert cfg.data.hflip is True
     assert cfg.data.crop_scale == [0.25, 1.0]
     assert type(cfg.optim.lr) is float and cfg.optim.lr == 1.0
@@ -50,8 +51,10 @@ def test_exponent_floats_and_bare_no():
 
 def test_overrides_win_over_file_and_apply_in_order(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data: {dataset: digits, batch_size: 32}\nmodel: {teacher_checkpoint: t.pth}\n"
-                    "selection: {k: 16}\noptim: {lr: 2}\n")
+    path.write_text(
+        "data: {dataset: digits, batch_size: 32}\nmodel: {teacher_checkpoint: t.pth}\n"
+        "selection: {k: 16}\noptim: {lr: 2}\n"
+    )
     cfg = load_config(str(path), ["selection.k=8", "selection.k=24"])
     assert cfg.selection.k == 24 and cfg.data.batch_size == 32
     assert type(cfg.optim.lr) is float and cfg.optim.lr == 2.0  # int in the file -> float
@@ -68,8 +71,17 @@ def test_apply_override_then_validate():
 
 
 def test_round_trip_through_save_config(tmp_path):
-    cfg = load_config(str(DEMO), ["selection.k=0.5", "selection.b=20", "data.crop_scale=[0.3,0.9]",
-                                  "optim.milestones=[5,10]", "optim.nesterov=true", "loss.ce_weight=0.1"])
+    cfg = load_config(
+        str(DEMO),
+        [
+            "selection.k=0.5",
+            "selection.b=20",
+            "data.crop_scale=[0.3,0.9]",
+            "optim.milestones=[5,10]",
+            "optim.nesterov=true",
+            "loss.ce_weight=0.1",
+        ],
+    )
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(str(tmp_path / "resolved.yaml"))
     assert again == cfg
@@ -199,13 +211,27 @@ def test_config_methods_are_the_registered_selectors():
 
 
 def test_new_keys_load():
-    cfg = load_config(str(DEMO), ["selection.method=tlcutmix_pick", "selection.pool=3", "selection.n_pick=96",
-                                  "selection.pick_criterion=student_entropy", "selection.tl_alpha=0.5",
-                                  "loss.feature=at", "loss.teacher_layers=[layer3,layer4]",
-                                  "loss.student_layers=[stage3,stage4]"])
+    cfg = load_config(
+        str(DEMO),
+        [
+            "selection.method=tlcutmix_pick",
+            "selection.pool=3",
+            "selection.n_pick=96",
+            "selection.pick_criterion=student_entropy",
+            "selection.tl_alpha=0.5",
+            "loss.feature=at",
+            "loss.teacher_layers=[layer3,layer4]",
+            "loss.student_layers=[stage3,stage4]",
+        ],
+    )
     s = cfg.selection
-    assert (s.method, s.pool, s.n_pick, s.pick_criterion, s.tl_alpha) == ("tlcutmix_pick", 3, 96,
-                                                                          "student_entropy", 0.5)
+    assert (s.method, s.pool, s.n_pick, s.pick_criterion, s.tl_alpha) == (
+        "tlcutmix_pick",
+        3,
+        96,
+        "student_entropy",
+        0.5,
+    )
     assert cfg.loss.feature == "at" and cfg.loss.teacher_layers == ["layer3", "layer4"]
     assert (cfg.loss.at_weight, cfg.loss.sp_weight) == (1000.0, 3000.0)
     b = load_config(str(DEMO), ["selection.budget=0.8"]).selection
@@ -220,21 +246,24 @@ def test_tl_methods_need_no_loss_weights():
         load_config(str(DEMO), ["selection.method=unix", "loss.kd_weight=0", "loss.ce_weight=0"])
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["selection.pool=1"], "selection.pool"),
-    (["selection.n_pick=0"], "selection.n_pick"),
-    (["selection.n_pick=200"], "pool·N = 128"),
-    (["selection.n_pick=2.5"], "selection.n_pick"),
-    (["selection.pick_criterion=loss"], "kl, teacher_entropy, student_entropy"),
-    (["selection.tl_alpha=1.5"], "selection.tl_alpha"),
-    (["selection.budget=0"], "selection.budget"),
-    (["selection.budget=0.8", "selection.method=tlcutmix"], "with selection.budget"),
-    (["selection.budget=0.8", "selection.method=kd"], "with selection.budget"),
-    (["selection.budget_convention=flops"], "paper, measured"),
-    (["loss.feature=fitnet"], "none, at, sp"),
-    (["loss.at_weight=-1"], "loss.at_weight"),
-    (["selection.method=none", "loss.ce_weight=1", "loss.feature=at"], "loss.feature"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["selection.pool=1"], "selection.pool"),
+        (["selection.n_pick=0"], "selection.n_pick"),
+        (["selection.n_pick=200"], "pool·N = 128"),
+        (["selection.n_pick=2.5"], "selection.n_pick"),
+        (["selection.pick_criterion=loss"], "kl, teacher_entropy, student_entropy"),
+        (["selection.tl_alpha=1.5"], "selection.tl_alpha"),
+        (["selection.budget=0"], "selection.budget"),
+        (["selection.budget=0.8", "selection.method=tlcutmix"], "with selection.budget"),
+        (["selection.budget=0.8", "selection.method=kd"], "with selection.budget"),
+        (["selection.budget_convention=flops"], "paper, measured"),
+        (["loss.feature=fitnet"], "none, at, sp"),
+        (["loss.at_weight=-1"], "loss.at_weight"),
+        (["selection.method=none", "loss.ce_weight=1", "loss.feature=at"], "loss.feature"),
+    ],
+)
 def test_new_keys_one_line_errors(overrides, needle):
     with pytest.raises(ConfigError, match=needle) as e:
         load_config(str(DEMO), overrides)

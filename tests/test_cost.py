@@ -32,13 +32,16 @@ def test_ratio_from_the_energy_sums():
 # measured forward FLOPs (a multiply-add is 2)
 
 
-@pytest.mark.parametrize("conv,size,in_chans,flops", [
-    (nn.Conv2d(3, 8, 3, padding=1), 16, 3, 2 * (8 * 16 * 16) * (3 * 3 * 3)),
-    (nn.Conv2d(3, 4, 3, stride=2, padding=1), 16, 3, 2 * (4 * 8 * 8) * (3 * 3 * 3)),
-    (nn.Conv2d(3, 5, 1, bias=False), 10, 3, 2 * (5 * 10 * 10) * 3),
-    (nn.Conv2d(8, 8, 3, padding=1, groups=8), 16, 8, 2 * (8 * 16 * 16) * (1 * 3 * 3)),  # depthwise
-    (nn.Conv2d(8, 16, 3, groups=4), 12, 8, 2 * (16 * 10 * 10) * (2 * 3 * 3)),
-])
+@pytest.mark.parametrize(
+    "conv,size,in_chans,flops",
+    [
+        (nn.Conv2d(3, 8, 3, padding=1), 16, 3, 2 * (8 * 16 * 16) * (3 * 3 * 3)),
+        (nn.Conv2d(3, 4, 3, stride=2, padding=1), 16, 3, 2 * (4 * 8 * 8) * (3 * 3 * 3)),
+        (nn.Conv2d(3, 5, 1, bias=False), 10, 3, 2 * (5 * 10 * 10) * 3),
+        (nn.Conv2d(8, 8, 3, padding=1, groups=8), 16, 8, 2 * (8 * 16 * 16) * (1 * 3 * 3)),  # depthwise
+        (nn.Conv2d(8, 16, 3, groups=4), 12, 8, 2 * (16 * 10 * 10) * (2 * 3 * 3)),
+    ],
+)
 def test_conv_flops(conv, size, in_chans, flops):
     assert forward_flops(conv, size, in_chans=in_chans) == flops
 
@@ -55,8 +58,9 @@ def test_resnet18_to_shufflenet_at_imagenet_scale():
     Fs = forward_flops(create_model("tv/shufflenet_v2_x0_5", 1000), 224)
     # torchvision's own model cards, in GMACs: ResNet18 1.814, ShuffleNetV2 x0.5 0.04 (two digits)
     assert Ft == pytest.approx(2 * torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9, rel=0.01)
-    assert Fs == pytest.approx(2 * torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9,
-                               rel=0.05)
+    assert Fs == pytest.approx(
+        2 * torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9, rel=0.05
+    )
     assert abs(100 * unix_cost_ratio(Ft / Fs, 256, 192) - 77.2) < 0.1  # SPEC §1 / the paper's 77.23 %
 
 
@@ -72,12 +76,15 @@ def test_depthwise_backward_without_input_gradient():
     assert backward_flops(dw, 16, in_chans=64) == F  # the image needs no gradient: the weight gradient only
 
 
-@pytest.mark.parametrize("layer,size,F", [
-    (nn.Conv2d(64, 64, 3, padding=1, groups=64), 16, 2 * (64 * 16 * 16) * 9),          # depthwise
-    (nn.Conv2d(8, 16, 3, groups=4), 12, 2 * (16 * 10 * 10) * (2 * 3 * 3)),             # 4 groups, 10x10 out
-    (nn.Conv2d(8, 16, 3, padding=1), 12, 2 * (16 * 12 * 12) * (8 * 3 * 3)),            # dense
-    (nn.ConvTranspose2d(8, 16, 3, stride=2, groups=4), 5, 2 * (5 * 5) * (8 * 4 * 9)),  # each input meets w once
-])
+@pytest.mark.parametrize(
+    "layer,size,F",
+    [
+        (nn.Conv2d(64, 64, 3, padding=1, groups=64), 16, 2 * (64 * 16 * 16) * 9),  # depthwise
+        (nn.Conv2d(8, 16, 3, groups=4), 12, 2 * (16 * 10 * 10) * (2 * 3 * 3)),  # 4 groups, 10x10 out
+        (nn.Conv2d(8, 16, 3, padding=1), 12, 2 * (16 * 12 * 12) * (8 * 3 * 3)),  # dense
+        (nn.ConvTranspose2d(8, 16, 3, stride=2, groups=4), 5, 2 * (5 * 5) * (8 * 4 * 9)),  # each input meets w once
+    ],
+)
 def test_conv_backward_is_twice_its_forward(layer, size, F):
     """After a 1x1 conv the layer's input needs a gradient: backward = grad_input (F) + grad_weight (F)."""
     C = layer.in_channels
@@ -90,8 +97,14 @@ def test_conv_backward_is_twice_its_forward(layer, size, F):
 
 def test_small_net_backward_by_hand_and_no_grad_left_behind():
     S = 6
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * S * S, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),
+        nn.Flatten(),
+        nn.Linear(8 * S * S, 10),
+    )
     F1, F2, F3 = 2 * 8 * S * S * 27, 2 * 8 * S * S * 9, 2 * (8 * S * S) * 10
     running = model[3].running_mean.clone()
     model.train()
@@ -197,8 +210,23 @@ def test_cost_command_from_a_ratio(capsys):
 
 
 def test_cost_command_builds_the_models(capsys):
-    r = cost_json(capsys, "--teacher", "test_resnet", "--student", "tv/shufflenet_v2_x0_5", "--image-size", "32",
-                  "--batch-size", "32", "--k", "24", "--num-classes", "10", "--convention", "measured")
+    r = cost_json(
+        capsys,
+        "--teacher",
+        "test_resnet",
+        "--student",
+        "tv/shufflenet_v2_x0_5",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--k",
+        "24",
+        "--num-classes",
+        "10",
+        "--convention",
+        "measured",
+    )
     student = create_model("tv/shufflenet_v2_x0_5", 10)
     Ft = forward_flops(create_model("test_resnet", 10), 32)
     Fs, Bs = forward_flops(student, 32), backward_flops(student, 32)

@@ -67,6 +67,7 @@ def first_files(loader: DaliLoader, batch: int, count: int = 1) -> list[Path]:
 
 # ---------------------------------------------------------------- 1. truncation, in the pre-flight
 
+
 def test_preflight_reads_both_ends_truncated_files_fail_and_trailers_pass(tmp_path):
     noise = Image.effect_noise((160, 160), 64).convert("RGB")  # a JPEG of ~10 KB: head and tail read apart
     jpeg, png = io.BytesIO(), io.BytesIO()
@@ -75,8 +76,10 @@ def test_preflight_reads_both_ends_truncated_files_fail_and_trailers_pass(tmp_pa
     jpeg, png = jpeg.getvalue(), png.getvalue()
     assert len(jpeg) > 2 * TAIL
     files = {
-        "ok.jpg": jpeg, "ok.png": png,
-        "half.jpg": jpeg[: len(jpeg) // 2], "half.png": png[: len(png) // 2],
+        "ok.jpg": jpeg,
+        "ok.png": png,
+        "half.jpg": jpeg[: len(jpeg) // 2],
+        "half.png": png[: len(png) // 2],
         "no_eoi.jpg": jpeg[:-2],  # only the end marker missing: DALI fails on it too
         "padded.jpg": jpeg + bytes(100),  # zero padding after the marker: inside the tail window
         "trailer.jpg": jpeg + os.urandom(3 * TAIL),  # camera trailer / motion photo: decoded to tell, and fine
@@ -97,11 +100,15 @@ def test_the_preflight_cannot_see_damage_between_intact_ends(tmp_path, digits_ro
 
 # ---------------------------------------------------------------- 2. a file DALI fails on mid-epoch
 
-@pytest.mark.parametrize("kind,problem", [
-    ("png_stream", "corrupt (unrecognized data stream contents when reading image file)"),  # DALI names the file
-    ("jpeg_frame", "corrupt (cannot identify image file)"),  # DALI does not name it: PIL finds it among the batch
-    ("jpeg_huffman", "DALI cannot decode it (PIL can): nvImageCodec failure"),  # PIL reads it: DALI alone finds it
-])
+
+@pytest.mark.parametrize(
+    "kind,problem",
+    [
+        ("png_stream", "corrupt (unrecognized data stream contents when reading image file)"),  # DALI names the file
+        ("jpeg_frame", "corrupt (cannot identify image file)"),  # DALI does not name it: PIL finds it among the batch
+        ("jpeg_huffman", "DALI cannot decode it (PIL can): nvImageCodec failure"),  # PIL reads it: DALI alone finds it
+    ],
+)
 def test_a_file_dali_cannot_decode_mid_epoch_is_named_in_one_line(tmp_path, digits_root, kind, problem):
     root = copy_digits(tmp_path, digits_root)
     loader = DaliLoader(scan_folder(root, "train"), train=True, batch_size=16, image_size=32, device="cpu")
@@ -150,11 +157,24 @@ def test_training_stops_on_it_with_one_error_line_and_exit_2(tmp_path, digits_ro
     loader = DaliLoader(scan_folder(root, "train"), train=True, batch_size=N, image_size=32, device="cpu", seed=0)
     victim = first_files(loader, batch=1)[0]  # the trainer's epoch 0 reads the same order (same seed and size)
     victim.write_bytes(damaged("png_stream", victim.read_bytes()))
-    args = ["train", "--config", str(launch_config()), f"out_dir={tmp_path / 'run'}", f"data.root={root}",
-            "data.dataset=folder", f"data.batch_size={N}", "model.teacher=test_resnet",
-            "model.student=tv/shufflenet_v2_x0_5", f"model.teacher_checkpoint={teacher_ckpt}",
-            "teacher_train.train_if_missing=false", f"selection.k={K}", "train.max_steps=3", "train.progress=false",
-            "train.eval_every=0", "seed=0"]
+    args = [
+        "train",
+        "--config",
+        str(launch_config()),
+        f"out_dir={tmp_path / 'run'}",
+        f"data.root={root}",
+        "data.dataset=folder",
+        f"data.batch_size={N}",
+        "model.teacher=test_resnet",
+        "model.student=tv/shufflenet_v2_x0_5",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "teacher_train.train_if_missing=false",
+        f"selection.k={K}",
+        "train.max_steps=3",
+        "train.progress=false",
+        "train.eval_every=0",
+        "seed=0",
+    ]
     assert launch.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {victim}: corrupt") and "batch 1)" in err[-1] and "launch.py scan" in err[-1]
@@ -190,15 +210,18 @@ def test_scan_dali_finds_the_files_dali_rejects_or_crashes_on(tmp_path, digits_r
 
 # ---------------------------------------------------------------- 3. an empty class folder
 
-def test_an_empty_class_folder_is_refused_by_training_and_reported_by_scan(tmp_path, digits_root, teacher_ckpt,
-                                                                           capsys):
+
+def test_an_empty_class_folder_is_refused_by_training_and_reported_by_scan(tmp_path, digits_root, teacher_ckpt, capsys):
     root = copy_digits(tmp_path, digits_root)
     for split in ("train", "val"):
         (root / split / "zz_empty").mkdir()
     (root / "train" / "zz_empty" / "photo.webp").write_bytes(b"RIFF")  # what is there instead is shown
     Image.new("RGB", (8, 8)).save(root / "val" / "zz_empty" / "ok.jpg")
-    with pytest.raises(ValueError, match=r"1 of 11 class folder\(s\) have no images \(zz_empty\); they hold "
-                                         r"zz_empty/photo.webp.*\(11 outputs, not 10\)") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 11 class folder\(s\) have no images \(zz_empty\); they hold "
+        r"zz_empty/photo.webp.*\(11 outputs, not 10\)",
+    ) as err:
         scan_folder(root, "train")
     assert "\n" not in str(err.value) and str(root / "train") in str(err.value)
     with pytest.raises(ValueError, match="zz_empty"):  # a layout error: skipping bad files does not apply
@@ -213,14 +236,17 @@ def test_an_empty_class_folder_is_refused_by_training_and_reported_by_scan(tmp_p
 
 # ---------------------------------------------------------------- 4. train/ and val/ classes differ
 
-def test_a_class_in_only_one_split_is_named_by_training_and_fails_the_scan(tmp_path, digits_root, teacher_ckpt,
-                                                                          capsys):
+
+def test_a_class_in_only_one_split_is_named_by_training_and_fails_the_scan(tmp_path, digits_root, teacher_ckpt, capsys):
     root = copy_digits(tmp_path, digits_root)
     shutil.rmtree(root / "val" / "9")
     (root / "val" / "extra").mkdir()
     Image.new("RGB", (8, 8)).save(root / "val" / "extra" / "a.jpg")
-    with pytest.raises(ValueError, match=r"\(10 in train/, 10 in val/\): 1 only in train/ \(9\), 1 only in "
-                                         r"val/ \(extra\)") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"\(10 in train/, 10 in val/\): 1 only in train/ \(9\), 1 only in "
+        r"val/ \(extra\)",
+    ) as err:
         train(small_config(tmp_path, root, teacher_ckpt, "data.dataset=folder"))
     assert "\n" not in str(err.value)
 
@@ -232,34 +258,48 @@ def test_a_class_in_only_one_split_is_named_by_training_and_fails_the_scan(tmp_p
 
 # ---------------------------------------------------------------- 5. data.file_list
 
+
 def test_a_file_list_matching_nothing_or_naming_missing_files_is_refused(tmp_path, digits_root, teacher_ckpt):
     files = scan_folder(digits_root, "train").files + scan_folder(digits_root, "val").files
     rel = [os.path.relpath(f, digits_root) for f in files]
 
     other_root = tmp_path / "wrong_root.txt"  # written relative to the folder above data.root
     other_root.write_text("".join(f"digits/{r}\n" for r in rel))
-    with pytest.raises(ValueError, match=rf"none of its 1797 lines is an image in train/ or val/ of "
-                                         rf"data.root={digits_root} \(first line: 'digits/{rel[0]}'\); the paths "
-                                         r"are relative to data.root") as err:
+    with pytest.raises(
+        ValueError,
+        match=rf"none of its 1797 lines is an image in train/ or val/ of "
+        rf"data.root={digits_root} \(first line: 'digits/{rel[0]}'\); the paths "
+        r"are relative to data.root",
+    ) as err:
         train(small_config(tmp_path, digits_root, teacher_ckpt, f"data.file_list={other_root}"))
     assert "\n" not in str(err.value)
 
     stale = tmp_path / "stale.txt"
     stale.write_text("".join(f"{r}\n" for r in rel[:100]) + "train/3/gone.jpg\n" + "train/3/gone2.jpg\n")
-    with pytest.raises(ValueError, match=r"2 of its 102 lines name files that do not exist .* \(first: "
-                                         r"'train/3/gone.jpg'\); the folder changed since the list was written"):
+    with pytest.raises(
+        ValueError,
+        match=r"2 of its 102 lines name files that do not exist .* \(first: "
+        r"'train/3/gone.jpg'\); the folder changed since the list was written",
+    ):
         matched_file_list(str(stale), digits_root, files)
 
     # what users' editors and scripts produce: a BOM, CRLF, ./ and //, backslashes, absolute paths; plus a line
     # for a file outside train/ and val/ (a test/ split in a scan's list), left out quietly
     messy = tmp_path / "messy.txt"
-    lines = [f"./{rel[0]}", rel[1].replace("/", "\\"), str(digits_root / rel[2]), rel[3].replace("/", "//"),
-             *rel[4:], "MANIFEST.json"]
+    lines = [
+        f"./{rel[0]}",
+        rel[1].replace("/", "\\"),
+        str(digits_root / rel[2]),
+        rel[3].replace("/", "//"),
+        *rel[4:],
+        "MANIFEST.json",
+    ]
     messy.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n")
     assert matched_file_list(str(messy), digits_root, files) == set(files)
 
 
 # ---------------------------------------------------------------- 6. scan --write-clean-list destination
+
 
 def test_scan_checks_the_clean_list_destination_before_decoding(tmp_path, digits_root, capsys, monkeypatch):
     decoded = []
@@ -303,10 +343,19 @@ def interrupted(tmp_path_factory, digits_root):
     for name in how:
         d = tmp_path_factory.mktemp(name)
         script = d / "scan.py"
-        script.write_text(SLOW_SCAN.format(repo=str(REPO), started=str(d / "started"), root=str(digits_root),
-                                           clean=str(d / "clean.txt")))
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=d, text=True, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        script.write_text(
+            SLOW_SCAN.format(
+                repo=str(REPO), started=str(d / "started"), root=str(digits_root), clean=str(d / "clean.txt")
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=d,
+            text=True,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         runs[name] = (d, proc)
     out = {}
     for name, (d, proc) in runs.items():
@@ -325,8 +374,9 @@ def interrupted(tmp_path_factory, digits_root):
     return out
 
 
-@pytest.mark.parametrize("name,code,signame", [("sigint", 130, "SIGINT"), ("ctrl_c", 130, "SIGINT"),
-                                                ("sigterm", 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    "name,code,signame", [("sigint", 130, "SIGINT"), ("ctrl_c", 130, "SIGINT"), ("sigterm", 143, "SIGTERM")]
+)
 def test_an_interrupted_scan_ends_with_one_line_and_writes_nothing(interrupted, name, code, signame):
     rc, stdout, stderr, left = interrupted[name]
     assert rc == code, (rc, stderr)
@@ -338,6 +388,7 @@ def test_an_interrupted_scan_ends_with_one_line_and_writes_nothing(interrupted, 
 
 # ---------------------------------------------------------------- 8. a large scan: progress
 
+
 def test_scan_prints_progress_to_stderr_every_n_images(digits_root):
     log = io.StringIO()
     report = scan_tree(digits_root, workers=2, progress_every=500, log=log)
@@ -347,6 +398,7 @@ def test_scan_prints_progress_to_stderr_every_n_images(digits_root):
 
 
 # ---------------------------------------------------------------- probes: what new users point us at
+
 
 def test_a_root_that_is_a_split_folder_asks_for_the_parent(digits_root, capsys):
     hint = rf"did you mean the parent folder {digits_root}\?"

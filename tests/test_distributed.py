@@ -33,24 +33,57 @@ def free_port() -> int:
 def launch_cmd(nproc: int, *, machines: int = 1, rank: int = 0, port: int | None = None) -> list[str]:
     if nproc == 1 and machines == 1:
         return [sys.executable, str(REPO / "launch.py")]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-            "--num_machines", str(machines), "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(port or free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        str(machines),
+        "--machine_rank",
+        str(rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port or free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def train_args(out: Path, digits_root: Path, teacher_ckpt: Path, *extra: str) -> list[str]:
-    return ["train", "--config", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", f"data.root={digits_root}",
-            "data.batch_size=16", "data.num_threads=1", "model.teacher=test_resnet",
-            f"model.teacher_checkpoint={teacher_ckpt}", "teacher_train.train_if_missing=false", f"selection.k={K}",
-            f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.keep_checkpoints=3",
-            "train.log_every=1", "train.progress=false", "train.eval_every=0", *extra]
+    return [
+        "train",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"out_dir={out}",
+        f"data.root={digits_root}",
+        "data.batch_size=16",
+        "data.num_threads=1",
+        "model.teacher=test_resnet",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "teacher_train.train_if_missing=false",
+        f"selection.k={K}",
+        f"train.max_steps={STEPS}",
+        f"train.checkpoint_every={EVERY}",
+        "train.keep_checkpoints=3",
+        "train.log_every=1",
+        "train.progress=false",
+        "train.eval_every=0",
+        *extra,
+    ]
 
 
 def start(nproc: int, args: list[str]) -> subprocess.Popen:
     script = launch_cmd(nproc)
     cmd = script + ([str(REPO / "launch.py")] if nproc > 1 else []) + args
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, so a kill reaches every rank
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own process group, so a kill reaches every rank
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
@@ -140,8 +173,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_bitwise(tmp_path, digits_r
 def test_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, digits_root, teacher_ckpt):
     proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, "train.preempt_check_every=2"))
     wait_for(tmp_path / "checkpoints" / "step-3", proc)
-    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                              text=True).stdout.split()]
+    workers = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ]
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGTERM)  # only one rank hears it, as when a node gets the notice first
     out = finish(proc)
@@ -149,8 +183,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, digits_root, 
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["preempted"] and last["step"] < STEPS
     ckpt = Path(last["checkpoint"])
-    assert sorted(p.name for p in ckpt.glob("trainer_state_*.json")) == ["trainer_state_0.json",
-                                                                        "trainer_state_1.json"]
+    assert sorted(p.name for p in ckpt.glob("trainer_state_*.json")) == ["trainer_state_0.json", "trainer_state_1.json"]
     assert {json.loads(p.read_text())["step"] for p in ckpt.glob("trainer_state_*.json")} == {last["step"]}
 
 
@@ -159,16 +192,23 @@ def make_id_dataset(root: Path, n: int = 100) -> None:
     for i in range(n):
         folder = root / ("train" if i < 80 else "val") / f"c{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (24, 20), (20 + (i % 10) * 20, 20 + (i // 10) * 20, 128)).save(folder / f"{i}.jpg",
-                                                                                        quality=95)
+        Image.new("RGB", (24, 20), (20 + (i % 10) * 20, 20 + (i // 10) * 20, 128)).save(folder / f"{i}.jpg", quality=95)
 
 
 def test_two_nodes_on_loopback_cover_the_epoch_exactly_once(tmp_path):
     make_id_dataset(tmp_path / "data")
     port = free_port()
     cmd = [str(REPO / "tests" / "mp_coverage.py"), str(tmp_path / "data"), str(tmp_path)]
-    nodes = [subprocess.Popen(launch_cmd(2, machines=2, rank=r, port=port) + cmd, cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            launch_cmd(2, machines=2, rank=r, port=port) + cmd,
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in (0, 1)
+    ]
     for node in nodes:
         finish(node, timeout=120)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -183,8 +223,10 @@ def test_two_nodes_on_loopback_cover_the_epoch_exactly_once(tmp_path):
 def workers_of(proc: subprocess.Popen, n: int, timeout: float = 60) -> list[int]:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        found = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                text=True).stdout.split()]
+        found = [
+            int(p)
+            for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        ]
         if len(found) == n:
             return found
         time.sleep(0.1)
@@ -199,12 +241,13 @@ def test_sigterm_to_the_launcher_saves_and_status_says_preempted(tmp_path, digit
     proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill <pid of accelerate launch>` does
     out, _ = proc.communicate(timeout=240)
     assert "preempted by SIGTERM at step" in out, out[-3000:]
-    ours = [f'{REPO / "launch.py"}"', f'{REPO / "training"}/']  # the launcher's own traceback is torch's
+    ours = [f'{REPO / "launch.py"}"', f"{REPO / 'training'}/"]  # the launcher's own traceback is torch's
     assert not any(frame in out for frame in ours), out[-3000:]
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "preempted" and Path(status["checkpoint"]).name == f"step-{status['step']}"
-    check = subprocess.run([sys.executable, str(REPO / "launch.py"), "status", str(tmp_path)], capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), "status", str(tmp_path)], capture_output=True, text=True
+    )
     assert check.returncode == 0 and "preempted at step" in check.stdout
     finish(start(2, train_args(tmp_path, digits_root, teacher_ckpt, "resume=auto")))
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "finished"
@@ -248,8 +291,10 @@ def test_a_stuck_rank_ends_the_job_within_the_step_timeout(tmp_path, digits_root
     """SIGSTOP one of two ranks: the other gives up after train.step_timeout_min, says so in one line, and the
     launcher ends the job (torch's default would wait 30 minutes)."""
     timeout_min = 0.25
-    proc = start(2, train_args(tmp_path, digits_root, teacher_ckpt, f"train.step_timeout_min={timeout_min}",
-                               "train.max_steps=200"))
+    proc = start(
+        2,
+        train_args(tmp_path, digits_root, teacher_ckpt, f"train.step_timeout_min={timeout_min}", "train.max_steps=200"),
+    )
     wait_for(tmp_path / "checkpoints" / "step-3", proc)
     stuck = workers_of(proc, 2)[-1]
     os.kill(stuck, signal.SIGSTOP)
@@ -275,14 +320,21 @@ def test_tl_steps_through_ddp_equal_the_two_forward_reference(tmp_path):
     """Two ranks, the student DDP-wrapped: a TL step (tlmixup with AT, tlcutmix_pick) is one DDP forward whose
     module runs once per view, and matches the authors' two-forward loop with DDP's buffer broadcast and gradient
     averaging written out by hand (tests/mp_views.py), on both ranks."""
-    proc = subprocess.Popen(launch_cmd(2) + [str(REPO / "tests" / "mp_views.py"), str(tmp_path)], cwd=REPO,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        launch_cmd(2) + [str(REPO / "tests" / "mp_views.py"), str(tmp_path)],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     finish(proc, timeout=240)
     ranks = [json.loads((tmp_path / f"views_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     for r in ranks:
-        assert [(run["method"], run["num_batches_tracked"]) for run in r["runs"]] == [("tlmixup", 6),
-                                                                                      ("tlcutmix_pick", 9)]
+        assert [(run["method"], run["num_batches_tracked"]) for run in r["runs"]] == [
+            ("tlmixup", 6),
+            ("tlcutmix_pick", 9),
+        ]
     assert ranks[0]["runs"][0]["loss"] != ranks[1]["runs"][0]["loss"]  # each rank trained on its own batches
 
 

@@ -35,8 +35,9 @@ def batch(gen, n=N, device="cpu"):
 def pair(k=0.75, mode="static", seed=3, **options):
     """An eager UNIX selector and its graphed twin, drawing the same λ/perm."""
     ref = build_selector("unix", k=k, alpha=0.2, seed=seed, **options)
-    return ref, GraphedUnixSelector.from_selector(build_selector("unix", k=k, alpha=0.2, seed=seed, **options),
-                                                  mode=mode)
+    return ref, GraphedUnixSelector.from_selector(
+        build_selector("unix", k=k, alpha=0.2, seed=seed, **options), mode=mode
+    )
 
 
 def assert_same(a, b):
@@ -46,6 +47,7 @@ def assert_same(a, b):
 
 
 # ---- CPU: the static twin ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("score_mode", ["train", "eval"])
 def test_static_twin_equals_eager_unix_over_steps(score_mode):
@@ -172,6 +174,7 @@ def test_teacher_forward_static_equals_eager_and_caps_its_graphs():
 
 # ---- config switches --------------------------------------------------------------------------------
 
+
 def test_fast_path_switches_resolve_per_device():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     cfg = load_config("configs/demo.yaml", ["data.root=unused"])
@@ -197,9 +200,18 @@ def test_build_run_on_cpu_is_eager_and_channels_last_steps(teacher_ckpt):
 
     from training.trainer import build_run
 
-    cfg = load_config("configs/demo.yaml", ["data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}",
-                                            "model.teacher=test_resnet", "model.student=test_resnet",
-                                            "data.batch_size=16", "selection.k=12", "train.channels_last=true"])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            "data.root=unused",
+            f"model.teacher_checkpoint={teacher_ckpt}",
+            "model.teacher=test_resnet",
+            "model.student=test_resnet",
+            "data.batch_size=16",
+            "selection.k=12",
+            "train.channels_last=true",
+        ],
+    )
     run = build_run(cfg, Accelerator(cpu=True), C, steps_per_epoch=10)
     assert type(run.selector).__name__ == "UnixSelector"  # auto: no graph on a CPU
     assert isinstance(run.step.teacher_call, TeacherForward) and run.step.teacher_call.mode == "eager"
@@ -211,6 +223,7 @@ def test_build_run_on_cpu_is_eager_and_channels_last_steps(teacher_ckpt):
 
 
 # ---- GPU: the captured graphs ------------------------------------------------------------------------
+
 
 @cuda
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -285,6 +298,7 @@ def test_graph_short_last_batch_and_teacher_graph():
 
 # ---- fp16 with a grad scaler ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scaler", [False, True])
 def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
     """With a scaler (fp16), an inf gradient is routine (the scaler skips the step); a NaN loss still stops."""
@@ -297,8 +311,9 @@ def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
     model = student()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    step = DistillStep(acc, model, None, opt, sched, build_selector("kd"), temperature=4.0, kd_weight=1.0,
-                       ce_weight=1.0)
+    step = DistillStep(
+        acc, model, None, opt, sched, build_selector("kd"), temperature=4.0, kd_weight=1.0, ce_weight=1.0
+    )
     loss = model(batch(torch.Generator().manual_seed(11))[0]).logsumexp(1).mean()
     loss.backward()
     next(model.parameters()).grad[0] = float("inf")
@@ -320,11 +335,21 @@ def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt, fresh_accele
     from training.trainer import build_run
 
     def run(fast: bool):
-        cfg = load_config("configs/demo.yaml", [
-            "data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
-            "model.student=test_resnet", "data.batch_size=64", "selection.k=48", "mixed_precision=bf16",
-            "train.channels_last=true", f"train.cuda_graph={'on' if fast else 'off'}",
-            f"train.teacher_mode={'graph' if fast else 'eager'}"])
+        cfg = load_config(
+            "configs/demo.yaml",
+            [
+                "data.root=unused",
+                f"model.teacher_checkpoint={teacher_ckpt}",
+                "model.teacher=test_resnet",
+                "model.student=test_resnet",
+                "data.batch_size=64",
+                "selection.k=48",
+                "mixed_precision=bf16",
+                "train.channels_last=true",
+                f"train.cuda_graph={'on' if fast else 'off'}",
+                f"train.teacher_mode={'graph' if fast else 'eager'}",
+            ],
+        )
         torch.manual_seed(0)
         acc = Accelerator(mixed_precision="bf16")
         return build_run(cfg, acc, C, steps_per_epoch=100)
@@ -352,11 +377,19 @@ def test_compiled_teacher_and_student_match_eager_steps(teacher_ckpt):
     from training.trainer import build_run
 
     def run(compiled: bool):
-        cfg = load_config("configs/demo.yaml", [
-            "data.root=unused", f"model.teacher_checkpoint={teacher_ckpt}", "model.teacher=test_resnet",
-            "model.student=test_resnet", "data.batch_size=16", "selection.k=12",
-            f"train.teacher_mode={'compile' if compiled else 'eager'}",
-            f"train.compile_student={'default' if compiled else 'none'}"])
+        cfg = load_config(
+            "configs/demo.yaml",
+            [
+                "data.root=unused",
+                f"model.teacher_checkpoint={teacher_ckpt}",
+                "model.teacher=test_resnet",
+                "model.student=test_resnet",
+                "data.batch_size=16",
+                "selection.k=12",
+                f"train.teacher_mode={'compile' if compiled else 'eager'}",
+                f"train.compile_student={'default' if compiled else 'none'}",
+            ],
+        )
         torch.manual_seed(0)
         return build_run(cfg, Accelerator(cpu=True), C, steps_per_epoch=100)
 
@@ -388,9 +421,19 @@ def test_a_training_step_never_writes_the_environment(fresh_accelerator_state):
     from training.trainer import make_accelerator
 
     global _ENV_WRITES
-    cfg = load_timing_config("configs/demo.yaml", [
-        "model.teacher=test_resnet", "model.student=test_resnet", f"model.num_classes={C}", "data.batch_size=16",
-        "selection.k=12", "mixed_precision=bf16", "model.teacher_checkpoint="], "synthetic")
+    cfg = load_timing_config(
+        "configs/demo.yaml",
+        [
+            "model.teacher=test_resnet",
+            "model.student=test_resnet",
+            f"model.num_classes={C}",
+            "data.batch_size=16",
+            "selection.k=12",
+            "mixed_precision=bf16",
+            "model.teacher_checkpoint=",
+        ],
+        "synthetic",
+    )
     run = build_timed_run(cfg, make_accelerator(cfg), C)
     x, y = batch(torch.Generator().manual_seed(14))
     sys.addaudithook(_watch_env)
@@ -425,8 +468,15 @@ def test_training_with_the_twins_is_bitwise_the_training_without(tmp_path, digit
             monkeypatch.setattr(trainer, "selection_graph_mode", lambda cfg, device: "static")
             monkeypatch.setattr(trainer, "teacher_mode", lambda cfg, device, features: "static")
             monkeypatch.setattr(trainer, "graphed", spy)
-        cfg = small_config(tmp_path / name, digits_root, teacher_ckpt, "selection.method=unix", "train.max_steps=6",
-                           "train.log_every=1", "train.channels_last=true")
+        cfg = small_config(
+            tmp_path / name,
+            digits_root,
+            teacher_ckpt,
+            "selection.method=unix",
+            "train.max_steps=6",
+            "train.log_every=1",
+            "train.channels_last=true",
+        )
         summary = trainer.train(cfg)
         monkeypatch.undo()
         return summary, read_rows(cfg.out_dir), load_file(str(tmp_path / name / "run" / "final" / "model.safetensors"))

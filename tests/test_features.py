@@ -75,12 +75,16 @@ def test_at_refuses_token_features():
 
 # ---- which layers ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,want", [
-    ("tv/resnet18", ["layer2", "layer3", "layer4"]),
-    ("tv/shufflenet_v2_x0_5", ["stage2", "stage3", "stage4"]),
-    ("test_resnet", ["layer2", "layer3", "layer4"]),          # timm feature_info
-    ("test_convnext", ["stages.1", "stages.2", "stages.3"]),
-])
+
+@pytest.mark.parametrize(
+    "name,want",
+    [
+        ("tv/resnet18", ["layer2", "layer3", "layer4"]),
+        ("tv/shufflenet_v2_x0_5", ["stage2", "stage3", "stage4"]),
+        ("test_resnet", ["layer2", "layer3", "layer4"]),  # timm feature_info
+        ("test_convnext", ["stages.1", "stages.2", "stages.3"]),
+    ],
+)
 def test_default_layers_are_the_last_three_stages(name, want):
     assert default_layers(name, create_model(name, 10)) == want
 
@@ -89,18 +93,18 @@ def test_default_layers_are_the_last_three_stages(name, want):
 # and train_student.py), read off their model code at 32 px (RepDistiller models/*.py forward, identical in
 # UNIXKD/models): (channels, H, W) of each map, i.e. every stage output between the stem f0 and the pooled vector.
 AUTHORS_FEAT_1_TO_MINUS_1 = {
-    "cifar_vgg8": [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)],        # vgg.py f1..f4 (no pool3 at 32 px)
+    "cifar_vgg8": [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)],  # vgg.py f1..f4 (no pool3 at 32 px)
     "cifar_vgg13": [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)],
-    "cifar_mobilenetv2": [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)],    # after blocks[1], [2], [4], [6]
+    "cifar_mobilenetv2": [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)],  # after blocks[1], [2], [4], [6]
     "cifar_resnet50": [(256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4)],  # resnetv2.py layer1..4
-    "cifar_resnet8x4": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],                # resnet.py layer1..3
+    "cifar_resnet8x4": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],  # resnet.py layer1..3
     "cifar_resnet32x4": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],
     "cifar_resnet56": [(16, 32, 32), (32, 16, 16), (64, 8, 8)],
     "cifar_resnet20": [(16, 32, 32), (32, 16, 16), (64, 8, 8)],
-    "cifar_wrn_16_2": [(32, 32, 32), (64, 16, 16), (128, 8, 8)],                  # wrn.py block1..3
+    "cifar_wrn_16_2": [(32, 32, 32), (64, 16, 16), (128, 8, 8)],  # wrn.py block1..3
     "cifar_wrn_40_2": [(32, 32, 32), (64, 16, 16), (128, 8, 8)],
-    "cifar_shufflev1": [(240, 16, 16), (480, 8, 8), (960, 4, 4)],                 # ShuffleNetv1.py layer1..3
-    "cifar_shufflev2": [(116, 16, 16), (232, 8, 8), (464, 4, 4)],                 # ShuffleNetv2.py layer1..3
+    "cifar_shufflev1": [(240, 16, 16), (480, 8, 8), (960, 4, 4)],  # ShuffleNetv1.py layer1..3
+    "cifar_shufflev2": [(116, 16, 16), (232, 8, 8), (464, 4, 4)],  # ShuffleNetv2.py layer1..3
 }
 
 
@@ -120,12 +124,19 @@ def test_cross_architecture_defaults_pair_the_first_stages_as_the_authors_zip():
     vgg13, mnv2 = create_model("cifar_vgg13", 100), create_model("cifar_mobilenetv2", 100)
     # 3 teacher maps, 4 student maps: zip(g_s, g_t) pairs f1..f3 of both, the student's f4 takes no part
     assert resolve_layers("cifar_resnet32x4", r32x4, "cifar_vgg8", vgg8, [], []) == (
-        ["stages.0", "stages.1", "stages.2"], ["stages.0", "stages.1", "stages.2"])
-    assert resolve_layers("cifar_vgg8", vgg8, "cifar_resnet32x4", r32x4, [], [])[0] == ["stages.0", "stages.1",
-                                                                                         "stages.2"]
+        ["stages.0", "stages.1", "stages.2"],
+        ["stages.0", "stages.1", "stages.2"],
+    )
+    assert resolve_layers("cifar_vgg8", vgg8, "cifar_resnet32x4", r32x4, [], [])[0] == [
+        "stages.0",
+        "stages.1",
+        "stages.2",
+    ]
     # the published cross-architecture pairs have equal counts: all four maps of each
     assert resolve_layers("cifar_vgg13", vgg13, "cifar_mobilenetv2", mnv2, [], []) == (
-        ["stages.0", "stages.1", "stages.2", "stages.3"], ["stages.0", "stages.1", "stages.2", "stages.3"])
+        ["stages.0", "stages.1", "stages.2", "stages.3"],
+        ["stages.0", "stages.1", "stages.2", "stages.3"],
+    )
     with pytest.raises(ValueError, match="teacher cifar_resnet32x4 has 3"):  # a given list must match
         resolve_layers("cifar_resnet32x4", r32x4, "cifar_vgg8", vgg8, [], ["stages.0", "stages.1"])
 
@@ -138,9 +149,14 @@ def test_unknown_torchvision_family_asks_for_names():
 def test_stage_count_mismatch_and_unknown_names_are_one_line():
     t, s = create_model("test_resnet", 10), create_model("tv/shufflenet_v2_x0_5", 10)
     assert resolve_layers("test_resnet", t, "tv/shufflenet_v2_x0_5", s, [], []) == (
-        ["layer2", "layer3", "layer4"], ["stage2", "stage3", "stage4"])
-    with pytest.raises(ValueError, match=r"teacher test_resnet has 2 \(layer3, layer4\) but student "
-                                         r"tv/shufflenet_v2_x0_5 has 3") as e:
+        ["layer2", "layer3", "layer4"],
+        ["stage2", "stage3", "stage4"],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"teacher test_resnet has 2 \(layer3, layer4\) but student "
+        r"tv/shufflenet_v2_x0_5 has 3",
+    ) as e:
         resolve_layers("test_resnet", t, "tv/shufflenet_v2_x0_5", s, ["layer3", "layer4"], [])
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="loss.student_layers: model 'tv/shufflenet_v2_x0_5' has no module 'layer9'"):

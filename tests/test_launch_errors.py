@@ -14,11 +14,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 CASES = {
     # name: (arguments after launch.py, text stderr must contain)
-    "k_out_of_range": (["train", "--config", "configs/demo.yaml", "data.hflip=false", "selection.k=100"],
-                       "'selection.k'"),
+    "k_out_of_range": (
+        ["train", "--config", "configs/demo.yaml", "data.hflip=false", "selection.k=100"],
+        "'selection.k'",
+    ),
     "missing_config": (["train", "--config", "configs/no_such.yaml"], "configs/no_such.yaml"),
-    "teacher_path": (["train", "--config", "configs/demo.yaml", "model.teacher_checkpoint=/nonexistent/t.pth"],
-                     "'model.teacher_checkpoint'"),
+    "teacher_path": (
+        ["train", "--config", "configs/demo.yaml", "model.teacher_checkpoint=/nonexistent/t.pth"],
+        "'model.teacher_checkpoint'",
+    ),
     "eval_no_checkpoint": (["eval", "--config", "configs/demo.yaml"], "checkpoint="),
     "compare_bogus": (["compare", "--config", "configs/demo.yaml", "--methods", "kd,bogus"], "bogus"),
     "bench_bogus": (["bench", "--config", "configs/demo.yaml", "--selectors", "kd,bogus"], "bogus"),
@@ -29,9 +33,17 @@ CASES = {
 @pytest.fixture(scope="module")
 def results():
     env = {k: v for k, v in os.environ.items() if k != "UNIXKD_DEBUG"}
-    procs = {name: subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, (args, _) in CASES.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "launch.py", *args],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, (args, _) in CASES.items()
+    }
     out = {}
     for name, proc in procs.items():
         try:
@@ -49,12 +61,13 @@ def test_one_error_line_and_exit_code_2(results, name):
     assert rc == 2, (rc, stdout, stderr)
     assert "Traceback" not in stderr and "Traceback" not in stdout
     lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][len("error: "):].strip(), stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][len("error: ") :].strip(), stderr
     assert CASES[name][1] in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("state, job, expected", [("preempted", "77", 0), ("finished", "77", 0), ("failed", "77", 1),
-                                                  ("preempted", "12", 1)])
+@pytest.mark.parametrize(
+    "state, job, expected", [("preempted", "77", 0), ("finished", "77", 0), ("failed", "77", 1), ("preempted", "12", 1)]
+)
 def test_the_slurm_script_takes_its_exit_status_from_the_run(tmp_path, state, job, expected):
     """examples/slurm/unixkd.sbatch: `accelerate launch` exits 1 on SIGTERM whatever its ranks did; the script
     then asks `launch.py status` how this job's run ended. srun and scontrol are stand-ins here; the launcher
@@ -71,14 +84,31 @@ def test_the_slurm_script_takes_its_exit_status_from_the_run(tmp_path, state, jo
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NNODES": "1",
-           "SLURM_JOB_NODELIST": "node0"}
-    run = subprocess.run(["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml", f"out_dir={out}"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NODELIST": "node0",
+    }
+    run = subprocess.run(
+        ["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml", f"out_dir={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == expected, run.stdout + run.stderr
     assert f"{out}: {state} at step 9" in run.stdout
-    missing = subprocess.run(["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        ["bash", "examples/slurm/unixkd.sbatch", "configs/demo.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "give out_dir=DIR" in missing.stderr
 
 
@@ -92,6 +122,7 @@ def test_the_unixkd_console_command_is_the_same_parser(tmp_path):
     assert help_.returncode == 0 and help_.stdout.startswith("usage: unixkd")
     for command in ("train", "compare", "eval", "scan", "report", "status", "cost", "bench", "profile"):
         assert command in help_.stdout
-    status = subprocess.run([str(exe), "status", str(tmp_path / "nowhere")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run(
+        [str(exe), "status", str(tmp_path / "nowhere")], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 2 and status.stderr.count("\n") == 1 and status.stderr.startswith("error: ")

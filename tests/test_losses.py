@@ -33,8 +33,9 @@ def ref_ce(row, label):
 
 def ref_mixed_ce(s, y, y2, m):
     rows = s.double().tolist()
-    per = [(1 - mi) * ref_ce(r, a) + mi * ref_ce(r, b)
-           for r, a, b, mi in zip(rows, y.tolist(), y2.tolist(), m.tolist())]
+    per = [
+        (1 - mi) * ref_ce(r, a) + mi * ref_ce(r, b) for r, a, b, mi in zip(rows, y.tolist(), y2.tolist(), m.tolist())
+    ]
     return sum(per) / len(per)
 
 
@@ -90,8 +91,9 @@ def test_kd_low_precision_inputs_give_float32(logits):
 def test_mixed_ce_without_m_is_cross_entropy(logits):
     s, _, y, _, _ = logits
     torch.testing.assert_close(mixed_ce(s, y), F.cross_entropy(s, y))
-    assert mixed_ce(s, y).item() == pytest.approx(sum(ref_ce(r, a) for r, a in zip(s.tolist(), y.tolist())) / 6,
-                                                  rel=1e-6)
+    assert mixed_ce(s, y).item() == pytest.approx(
+        sum(ref_ce(r, a) for r, a in zip(s.tolist(), y.tolist())) / 6, rel=1e-6
+    )
 
 
 def test_mixed_ce_with_m_is_the_per_row_mix(logits):
@@ -107,8 +109,9 @@ def test_distill_loss_weights(logits):
     kd, ce = ref_kd(s, t, 4.0), ref_mixed_ce(s, y, y2, m)
     both = distill_loss(s, t, sel, temperature=4.0, kd_weight=0.9, ce_weight=1.0).item()
     assert both == pytest.approx(0.9 * kd + 1.0 * ce, rel=1e-5)
-    kd_only = distill_loss(s, t, SimpleNamespace(y=None, y_partner=None, m=None), temperature=4.0,
-                           kd_weight=1.0, ce_weight=0.0).item()
+    kd_only = distill_loss(
+        s, t, SimpleNamespace(y=None, y_partner=None, m=None), temperature=4.0, kd_weight=1.0, ce_weight=0.0
+    ).item()
     assert kd_only == pytest.approx(kd, rel=1e-5)
     cifar = distill_loss(s, t, sel, temperature=4.0, kd_weight=0.9, ce_weight=0.1).item()
     assert cifar == pytest.approx(0.9 * kd + 0.1 * ce, rel=1e-5)

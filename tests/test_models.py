@@ -51,8 +51,10 @@ def test_tv_prefix_builds_a_torchvision_model():
     assert type(create_model("tv/shufflenet_v2_x0_5", 4)) is torchvision.models.ShuffleNetV2
 
 
-@pytest.mark.parametrize("name,needle", [("no_such_net", "no_such_net"), ("tv/no_such_net", "no_such_net"),
-                                         ("resnet_18", "resnet_18"), ("tv/", "tv/")])
+@pytest.mark.parametrize(
+    "name,needle",
+    [("no_such_net", "no_such_net"), ("tv/no_such_net", "no_such_net"), ("resnet_18", "resnet_18"), ("tv/", "tv/")],
+)
 def test_unknown_name_is_one_line(name, needle):
     one_line_error(lambda: create_model(name, 10), needle)
 
@@ -111,9 +113,16 @@ def test_missing_file(tmp_path):
     one_line_error(lambda: create_model(TINY, 5, checkpoint=str(path)), str(path))
 
 
-@pytest.mark.parametrize("name,content", [("garbage.pth", b"this is not a checkpoint"), ("empty.pth", b""),
-                                          ("zip.pth", b"PK\x03\x04 truncated"),
-                                          ("garbage.safetensors", b"\x00" * 3), ("empty.safetensors", b"")])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("garbage.pth", b"this is not a checkpoint"),
+        ("empty.pth", b""),
+        ("zip.pth", b"PK\x03\x04 truncated"),
+        ("garbage.safetensors", b"\x00" * 3),
+        ("empty.safetensors", b""),
+    ],
+)
 def test_unreadable_file(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -141,8 +150,17 @@ def test_missing_and_unexpected_keys(tmp_path):
     dropped = sorted(state)[0]
     missing = {k: v for k, v in state.items() if k != dropped}
     torch.save(missing, tmp_path / "missing.pth")
-    one_line_error(lambda: load_checkpoint(create_model(TINY, 5), str(tmp_path / "missing.pth"), name="teacher"),
-                   str(tmp_path / "missing.pth"), "missing", dropped, "teacher")
+    one_line_error(
+        lambda: load_checkpoint(create_model(TINY, 5), str(tmp_path / "missing.pth"), name="teacher"),
+        str(tmp_path / "missing.pth"),
+        "missing",
+        dropped,
+        "teacher",
+    )
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
-    one_line_error(lambda: load_checkpoint(create_model(TINY, 5), str(tmp_path / "extra.pth")),
-                   str(tmp_path / "extra.pth"), "unexpected", "extra.weight")
+    one_line_error(
+        lambda: load_checkpoint(create_model(TINY, 5), str(tmp_path / "extra.pth")),
+        str(tmp_path / "extra.pth"),
+        "unexpected",
+        "extra.weight",
+    )

@@ -78,8 +78,10 @@ def test_one_d_params_get_no_weight_decay():
     net = Net()
     opt = build_optimizer(net, OptimConfig(lr=0.1, weight_decay=5e-4))
     groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in opt.param_groups}
-    assert groups == {5e-4: {id(net.conv.weight), id(net.fc.weight)},
-                      0.0: {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)}}
+    assert groups == {
+        5e-4: {id(net.conv.weight), id(net.fc.weight)},
+        0.0: {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)},
+    }
 
 
 def test_decay_norm_and_bias_decays_every_trainable_param_in_the_same_two_groups():
@@ -88,7 +90,9 @@ def test_decay_norm_and_bias_decays_every_trainable_param_in_the_same_two_groups
     every = build_optimizer(net, OptimConfig(lr=0.1, weight_decay=5e-4, decay_norm_and_bias=True))
     one_d = [id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias)]
     assert [[id(p) for p in g["params"]] for g in every.param_groups] == [
-        [id(net.conv.weight), id(net.fc.weight)], one_d]  # the same layout as the default: a resume loads either
+        [id(net.conv.weight), id(net.fc.weight)],
+        one_d,
+    ]  # the same layout as the default: a resume loads either
     assert [len(g["params"]) for g in every.param_groups] == [len(g["params"]) for g in default.param_groups]
     assert [g["weight_decay"] for g in every.param_groups] == [5e-4, 5e-4]
     assert [g["weight_decay"] for g in default.param_groups] == [5e-4, 0.0]
@@ -104,10 +108,12 @@ def test_decay_norm_and_bias_steps_as_plain_torch_sgd_over_model_parameters(nest
     ref_net = Net()
     ref_net.load_state_dict(ours_net.state_dict())
     wd, lr = 5e-2, 0.1
-    ours = build_optimizer(ours_net, OptimConfig(lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=wd,
-                                                 decay_norm_and_bias=True))
-    ref = torch.optim.SGD([p for p in ref_net.parameters() if p.requires_grad], lr=lr, momentum=0.9,
-                          nesterov=nesterov, weight_decay=wd)
+    ours = build_optimizer(
+        ours_net, OptimConfig(lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=wd, decay_norm_and_bias=True)
+    )
+    ref = torch.optim.SGD(
+        [p for p in ref_net.parameters() if p.requires_grad], lr=lr, momentum=0.9, nesterov=nesterov, weight_decay=wd
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(4):
         for a, b in zip(ours_net.parameters(), ref_net.parameters()):

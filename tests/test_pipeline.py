@@ -106,8 +106,9 @@ def test_scan_folder_errors_name_the_path(tmp_path):
 def test_shards_are_disjoint_and_lengths_agree(num_files, batch_size, num_shards):
     for train in (True, False):
         shards = [
-            epoch_indices(num_files, train=train, batch_size=batch_size, num_shards=num_shards,
-                          shard_id=r, seed=0, epoch=3)  # fmt: skip
+            epoch_indices(
+                num_files, train=train, batch_size=batch_size, num_shards=num_shards, shard_id=r, seed=0, epoch=3
+            )  # fmt: skip
             for r in range(num_shards)
         ]
         joined = np.concatenate(shards)

@@ -42,12 +42,15 @@ def dali(index, **kwargs) -> DaliLoader:
 
 def arrays(n: int = 40) -> ImageArrays:
     rng = np.random.default_rng(0)
-    return ImageArrays(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n),
-                       [f"c{i}" for i in range(10)])
+    return ImageArrays(
+        rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n), [f"c{i}" for i in range(10)]
+    )
 
 
-ARRAY_LOADERS = {"tensor": lambda a, **kw: TensorLoader(a, **kw),
-                 "dali": lambda a, **kw: ArrayDaliLoader(a, device="cpu", **kw)}
+ARRAY_LOADERS = {
+    "tensor": lambda a, **kw: TensorLoader(a, **kw),
+    "dali": lambda a, **kw: ArrayDaliLoader(a, device="cpu", **kw),
+}
 
 
 def assert_half_of(half: torch.Tensor, full: torch.Tensor) -> None:
@@ -112,9 +115,11 @@ def test_default_output_is_contiguous_float32(digits_root):
 @pytest.mark.parametrize("dtype", ["bfloat16", torch.bfloat16, "fp16", None])
 def test_bad_dtype_is_a_one_line_error(digits_root, dtype):
     index = scan_folder(digits_root, "train")
-    for make in (lambda: dali(index, train=True, dtype=dtype),
-                 lambda: TensorLoader(arrays(), train=True, batch_size=8, dtype=dtype),
-                 lambda: ArrayDaliLoader(arrays(), train=True, batch_size=8, device="cpu", dtype=dtype)):
+    for make in (
+        lambda: dali(index, train=True, dtype=dtype),
+        lambda: TensorLoader(arrays(), train=True, batch_size=8, dtype=dtype),
+        lambda: ArrayDaliLoader(arrays(), train=True, batch_size=8, device="cpu", dtype=dtype),
+    ):
         with pytest.raises(ValueError, match="dtype must be float32 or float16") as err:
             make()
         assert "\n" not in str(err.value)
@@ -132,14 +137,17 @@ def test_float16_without_mixed_precision_is_refused_in_one_line():
         load_config(DEMO, ["data.output_dtype=bfloat16"])
 
 
-@pytest.mark.parametrize("setting, precision, device, expected", [
-    ("auto", "no", "cuda", "float32"),
-    ("auto", "bf16", "cuda", "float16"),
-    ("auto", "fp16", "cuda:1", "float16"),
-    ("auto", "bf16", "cpu", "float32"),  # CPU autocast: the batch stays where it is, nothing to save
-    ("float32", "bf16", "cuda", "float32"),
-    ("float16", "bf16", "cpu", "float16"),  # asked for explicitly
-])
+@pytest.mark.parametrize(
+    "setting, precision, device, expected",
+    [
+        ("auto", "no", "cuda", "float32"),
+        ("auto", "bf16", "cuda", "float16"),
+        ("auto", "fp16", "cuda:1", "float16"),
+        ("auto", "bf16", "cpu", "float32"),  # CPU autocast: the batch stays where it is, nothing to save
+        ("float32", "bf16", "cuda", "float32"),
+        ("float16", "bf16", "cpu", "float16"),  # asked for explicitly
+    ],
+)
 def test_output_dtype_auto_rule(setting, precision, device, expected):
     from training.data import output_dtype
 
@@ -152,8 +160,17 @@ def test_build_data_hands_the_format_to_both_loaders(tmp_path):
 
     from training.data import build_data
 
-    cfg = load_config(DEMO, [f"data.root={tmp_path / 'digits'}", "mixed_precision=bf16", "data.output_dtype=float16",
-                             "train.channels_last=true", "data.batch_size=16", "selection.k=12"])
+    cfg = load_config(
+        DEMO,
+        [
+            f"data.root={tmp_path / 'digits'}",
+            "mixed_precision=bf16",
+            "data.output_dtype=float16",
+            "train.channels_last=true",
+            "data.batch_size=16",
+            "selection.k=12",
+        ],
+    )
     data = build_data(cfg, Accelerator(cpu=True))
     for loader in (data.train, data.val):
         assert (loader.dtype, loader.channels_last, loader.preallocate_hint) == ("float16", True, None)
@@ -171,8 +188,16 @@ def photos(tmp_path_factory, jpeg_folder_script):
     """256 train + 16 val ImageNet-like JPEGs (500 px, ~110 KB, baseline 4:2:0: what the hardware decoder takes)."""
     root = tmp_path_factory.mktemp("photos")
     copied = Path(__file__).resolve().parent.parent / ".gpu" / "photos"  # the GPU box has no scikit-learn
-    jpeg_folder_script.build(root, classes=4, train_per_class=64, val_per_class=4, seed=0, size=500, quality=90,
-                             photos_dir=copied if copied.is_dir() else None)
+    jpeg_folder_script.build(
+        root,
+        classes=4,
+        train_per_class=64,
+        val_per_class=4,
+        seed=0,
+        size=500,
+        quality=90,
+        photos_dir=copied if copied.is_dir() else None,
+    )
     return root
 
 
@@ -182,8 +207,17 @@ def pixels(batches: list[torch.Tensor]) -> torch.Tensor:
 
 
 def run_mode(index, device: str, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = DaliLoader(index, device=device, device_id=0, target_device="cuda:0", seed=1, image_size=224,
-                        batch_size=32, num_threads=4, **kwargs)
+    loader = DaliLoader(
+        index,
+        device=device,
+        device_id=0,
+        target_device="cuda:0",
+        seed=1,
+        image_size=224,
+        batch_size=32,
+        num_threads=4,
+        **kwargs,
+    )
     images, labels = epoch(loader)
     for x, y in zip(images, labels):
         assert x.device.type == y.device.type == "cuda"
@@ -249,8 +283,16 @@ def test_gpu_float16_channels_last_batches_arrive_on_the_device(photos, train):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_array_loader_float16_channels_last_on_the_device():
-    loader = ArrayDaliLoader(arrays(), train=True, batch_size=16, device="gpu", device_id=0, target_device="cuda:0",
-                             dtype="float16", channels_last=True)
+    loader = ArrayDaliLoader(
+        arrays(),
+        train=True,
+        batch_size=16,
+        device="gpu",
+        device_id=0,
+        target_device="cuda:0",
+        dtype="float16",
+        channels_last=True,
+    )
     x, y = next(iter(loader))
     assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float16
     assert x.is_contiguous(memory_format=torch.channels_last)
@@ -266,8 +308,16 @@ def test_gpu_preallocate_hint_does_not_reserve_a_batch_of_giant_images(photos):
     index = scan_folder(photos, "train")
 
     def free_after_one_batch(hint) -> int:
-        loader = DaliLoader(index, train=True, batch_size=256, image_size=224, device="gpu", device_id=0,
-                            target_device="cuda:0", preallocate_hint=hint)
+        loader = DaliLoader(
+            index,
+            train=True,
+            batch_size=256,
+            image_size=224,
+            device="gpu",
+            device_id=0,
+            target_device="cuda:0",
+            preallocate_hint=hint,
+        )
         x, _ = next(iter(loader))
         torch.cuda.synchronize()
         return torch.cuda.mem_get_info(0)[0]

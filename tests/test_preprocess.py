@@ -53,21 +53,35 @@ def photos(parity, tmp_path_factory) -> list[Path]:
     return paths
 
 
-def torchvision_eval(size: int, ratio: float = 0.875, interpolation: str = "bilinear", crop_mode: str = "center",
-                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+def torchvision_eval(
+    size: int,
+    ratio: float = 0.875,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+):
     from torchvision import transforms as T
 
     resize = math.floor(size / ratio)
     mode = getattr(T.InterpolationMode, interpolation.upper())
-    return T.Compose([T.Resize(resize if crop_mode == "center" else (resize, resize), interpolation=mode),
-                      T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(
+        [
+            T.Resize(resize if crop_mode == "center" else (resize, resize), interpolation=mode),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def assert_close(parity, ours, reference, names, mean_target=MEAN_TARGET, max_target=MAX_TARGET):
     result = parity.differences(ours, reference, names)
     rows = result["per_photo"]
-    shown = "; ".join(f"{r['photo']}: " + (r["error"] if "error" in r else f"mean {r['mean_abs']:.4f} max "
-                                           f"{r['max_abs']:.3f}") for r in rows)
+    shown = "; ".join(
+        f"{r['photo']}: " + (r["error"] if "error" in r else f"mean {r['mean_abs']:.4f} max {r['max_abs']:.3f}")
+        for r in rows
+    )
     assert result["total"]["shape_errors"] == 0, shown
     assert all(r["mean_abs"] <= mean_target and r["max_abs"] <= max_target for r in rows), shown
     return result
@@ -133,8 +147,13 @@ def test_exact_borders_only_where_the_crop_keeps_border_pixels():
 
 
 def dali_val(parity, paths, size, device="cpu", **kwargs):
-    settings = {"val_resize_ratio": 0.875, "val_interpolation": "bilinear", "val_crop_mode": "center",
-                "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    settings = {
+        "val_resize_ratio": 0.875,
+        "val_interpolation": "bilinear",
+        "val_crop_mode": "center",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
     settings.update(kwargs)
     return parity.dali_val(paths, size, settings, device)
 
@@ -158,13 +177,16 @@ def test_exif_orientation_is_ignored_like_pil(parity, photos, tmp_path):
     assert np.abs(ours_tagged - reference).max() <= MAX_TARGET
 
 
-@pytest.mark.parametrize("size, ratio, interpolation, crop_mode", [
-    (64, 0.875, "bilinear", "center"),
-    (64, 0.95, "bicubic", "center"),  # margin 1: PIL's border treatment reproduced
-    (64, 1.0, "bicubic", "center"),
-    (64, 0.9, "bicubic", "squash"),
-    (48, 1.0, "bilinear", "squash"),
-])
+@pytest.mark.parametrize(
+    "size, ratio, interpolation, crop_mode",
+    [
+        (64, 0.875, "bilinear", "center"),
+        (64, 0.95, "bicubic", "center"),  # margin 1: PIL's border treatment reproduced
+        (64, 1.0, "bicubic", "center"),
+        (64, 0.9, "bicubic", "squash"),
+        (48, 1.0, "bilinear", "squash"),
+    ],
+)
 def test_val_resize_matches_pillow_on_noise(parity, tmp_path, size, ratio, interpolation, crop_mode):
     """Lossless noise images of random shapes (bicubic's overshoot at its worst): ≤ 2 levels from PIL anywhere."""
     rng = np.random.default_rng(size + int(100 * ratio))
@@ -174,8 +196,16 @@ def test_val_resize_matches_pillow_on_noise(parity, tmp_path, size, ratio, inter
         paths.append(tmp_path / f"{i:02d}_{w}x{h}.png")
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
     levels = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # normalized = the 0..255 pixel itself
-    ours = dali_val(parity, paths, size, val_resize_ratio=ratio, val_interpolation=interpolation,
-                    val_crop_mode=crop_mode, mean=levels[0], std=levels[1])
+    ours = dali_val(
+        parity,
+        paths,
+        size,
+        val_resize_ratio=ratio,
+        val_interpolation=interpolation,
+        val_crop_mode=crop_mode,
+        mean=levels[0],
+        std=levels[1],
+    )
     reference = parity.reference_outputs(paths, torchvision_eval(size, ratio, interpolation, crop_mode, *levels))
     diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(ours, reference)])
     assert diffs.max() <= 2.0 + 1e-3 and (diffs > 1.0 + 1e-3).mean() < 1e-3, (diffs.max(), (diffs > 1.001).mean())
@@ -185,9 +215,21 @@ def test_val_resize_matches_pillow_on_noise(parity, tmp_path, size, ratio, inter
 
 
 def folder_config(root: Path, *overrides: str):
-    return load_config(None, [f"data.root={root}", "data.dataset=folder", "data.image_size=160", "data.batch_size=4",
-                              "data.num_threads=1", "data.dali_device=cpu", "model.teacher=test_convnext",
-                              "model.pretrained_teacher=true", "selection.k=0.5", *overrides])
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.dataset=folder",
+            "data.image_size=160",
+            "data.batch_size=4",
+            "data.num_threads=1",
+            "data.dali_device=cpu",
+            "model.teacher=test_convnext",
+            "model.pretrained_teacher=true",
+            "selection.k=0.5",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +256,12 @@ def test_resolved_val_settings_are_what_timm_resolves_for_the_teacher(tmp_path):
     assert tuple(expected["mean"]) == (0.5, 0.5, 0.5) != (0.485, 0.456, 0.406)
     got = resolve_preprocess(folder_config(tmp_path))
     assert (got.val_resize_ratio, got.val_interpolation, got.val_crop_mode, got.mean, got.std) == (
-        expected["crop_pct"], expected["interpolation"], expected["crop_mode"], tuple(expected["mean"]),
-        tuple(expected["std"]))
+        expected["crop_pct"],
+        expected["interpolation"],
+        expected["crop_mode"],
+        tuple(expected["mean"]),
+        tuple(expected["std"]),
+    )
     assert set(got.sources.values()) == {"teacher test_convnext's timm pretrained cfg"}
 
 
@@ -243,18 +289,28 @@ def test_val_loader_follows_the_teacher_like_timms_eval_transform(parity, photos
 def test_explicit_keys_win_over_the_teachers_cfg(tmp_path):
     from training.preprocess import resolve_preprocess
 
-    got = resolve_preprocess(folder_config(tmp_path, "data.val_resize_ratio=0.875", "data.val_interpolation=bilinear",
-                                           "data.mean=[0.4, 0.4, 0.4]"))
-    assert (got.val_resize_ratio, got.val_interpolation, got.mean, got.std) == (0.875, "bilinear", (0.4,) * 3,
-                                                                               (0.5,) * 3)
+    got = resolve_preprocess(
+        folder_config(
+            tmp_path, "data.val_resize_ratio=0.875", "data.val_interpolation=bilinear", "data.mean=[0.4, 0.4, 0.4]"
+        )
+    )
+    assert (got.val_resize_ratio, got.val_interpolation, got.mean, got.std) == (
+        0.875,
+        "bilinear",
+        (0.4,) * 3,
+        (0.5,) * 3,
+    )
     assert got.sources["mean"] == "config" and got.sources["std"].startswith("teacher test_convnext")
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.teacher=tv/resnet18", "model.pretrained_teacher=false", "model.teacher_checkpoint=t.pth"],
-    ["selection.method=none", "loss.ce_weight=1"],  # no teacher: a teacher being trained here
-    ["data.dataset=digits"],  # the digits teacher is trained here too
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.teacher=tv/resnet18", "model.pretrained_teacher=false", "model.teacher_checkpoint=t.pth"],
+        ["selection.method=none", "loss.ce_weight=1"],  # no teacher: a teacher being trained here
+        ["data.dataset=digits"],  # the digits teacher is trained here too
+    ],
+)
 def test_torchvision_defaults_without_a_pretrained_timm_teacher(tmp_path, overrides):
     from training.preprocess import TORCHVISION_DEFAULTS, resolve_preprocess
 
@@ -271,8 +327,13 @@ def test_cifar_keeps_its_stats_unless_mean_std_are_set(tmp_path):
     assert resolve_preprocess(folder_config(tmp_path, *cifar, "data.std=[0.3, 0.3, 0.3]")).std == (0.3, 0.3, 0.3)
 
 
-@pytest.mark.parametrize("teacher, key", [("volo_d4_448", "data.val_resize_ratio"),  # crop_pct 1.15: pads
-                                          ("deepseek_vit_412m", "data.val_crop_mode")])  # crop_mode border
+@pytest.mark.parametrize(
+    "teacher, key",
+    [
+        ("volo_d4_448", "data.val_resize_ratio"),  # crop_pct 1.15: pads
+        ("deepseek_vit_412m", "data.val_crop_mode"),
+    ],
+)  # crop_mode border
 def test_a_teacher_cfg_the_graph_cannot_reproduce_is_one_line(tmp_path, teacher, key):
     from timm.models import get_pretrained_cfg
 
@@ -287,16 +348,19 @@ def test_a_teacher_cfg_the_graph_cannot_reproduce_is_one_line(tmp_path, teacher,
     resolve_preprocess(folder_config(tmp_path, f"model.teacher={teacher}", fixed[key]))  # set: accepted
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.val_interpolation=nearest", "data.val_interpolation"),
-    ("data.val_crop_mode=border", "data.val_crop_mode"),
-    ("data.val_resize_ratio=1.5", "data.val_resize_ratio"),
-    ("data.val_resize_ratio=0", "data.val_resize_ratio"),
-    ("data.val_resize_ratio=half", "data.val_resize_ratio"),
-    ("data.mean=[0.5, 0.5]", "data.mean"),
-    ("data.mean=0.5", "data.mean"),
-    ("data.std=[0.2, 0.0, 0.2]", "data.std"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.val_interpolation=nearest", "data.val_interpolation"),
+        ("data.val_crop_mode=border", "data.val_crop_mode"),
+        ("data.val_resize_ratio=1.5", "data.val_resize_ratio"),
+        ("data.val_resize_ratio=0", "data.val_resize_ratio"),
+        ("data.val_resize_ratio=half", "data.val_resize_ratio"),
+        ("data.mean=[0.5, 0.5]", "data.mean"),
+        ("data.mean=0.5", "data.mean"),
+        ("data.std=[0.2, 0.0, 0.2]", "data.std"),
+    ],
+)
 def test_bad_preprocessing_keys_are_one_line_errors(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key) as err:
         folder_config(tmp_path, override)
@@ -311,8 +375,11 @@ def decoded(paths, device: str, hw_decoder_load: float = 0.65) -> list[np.ndarra
     from nvidia.dali import Pipeline, fn, types
 
     pipe = Pipeline(batch_size=len(paths), num_threads=2, device_id=0 if device == "gpu" else None, seed=0)
-    args = {"device": "mixed", "hw_decoder_load": hw_decoder_load, "jpeg_fancy_upsampling": True} \
-        if device == "gpu" else {"device": "cpu"}
+    args = (
+        {"device": "mixed", "hw_decoder_load": hw_decoder_load, "jpeg_fancy_upsampling": True}
+        if device == "gpu"
+        else {"device": "cpu"}
+    )
     with pipe:
         jpegs, _ = fn.readers.file(files=[str(p) for p in paths], random_shuffle=False)
         pipe.set_outputs(fn.decoders.image(jpegs, output_type=types.RGB, adjust_orientation=False, **args))

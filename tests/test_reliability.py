@@ -20,6 +20,7 @@ from training.trainer import train
 
 # ---------------------------------------------------------------- a dataset with planted problems
 
+
 @pytest.fixture()
 def planted(tmp_path, digits_root) -> Path:
     """A copy of the digits set with one file of each kind of problem planted in train/."""
@@ -67,9 +68,14 @@ def test_preflight_catches_missing_empty_non_image_and_truncated_files(planted):
     files += [str(planted / "nowhere.jpg")]
     bad = {Path(b.path).name: b.problem for b in preflight(files)}
     # truncated: no end marker in the tail (and PIL cannot decode them); trailer.jpg has data after its marker
-    assert bad == {"zero.jpg": "empty", "text.jpg": "not an image (starts with 74686973)", "nowhere.jpg": "missing",
-                   "truncated.jpg": "truncated", "truncated.png": "truncated",
-                   "garbage.png": "corrupt (cannot identify image file)"}
+    assert bad == {
+        "zero.jpg": "empty",
+        "text.jpg": "not an image (starts with 74686973)",
+        "nowhere.jpg": "missing",
+        "truncated.jpg": "truncated",
+        "truncated.png": "truncated",
+        "garbage.png": "corrupt (cannot identify image file)",
+    }
 
 
 def test_training_refuses_bad_data_then_skips_or_uses_the_clean_list(planted, tmp_path, teacher_ckpt, capsys):
@@ -83,15 +89,21 @@ def test_training_refuses_bad_data_then_skips_or_uses_the_clean_list(planted, tm
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
 
     # skipping leaves the truncated files out too (they would kill the run mid-epoch), the trailer stays in
-    train(small_config(tmp_path, planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder",
-                       "data.skip_bad_files=true"))
+    train(
+        small_config(
+            tmp_path, planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder", "data.skip_bad_files=true"
+        )
+    )
     assert "pre-flight: skipping 5 bad file(s)" in capsys.readouterr().out
 
     # the clean list from a scan leaves out the same files
     clean = tmp_path / "clean.txt"
     launch.main(["scan", str(planted), "--write-clean-list", str(clean), "--workers", "2"])
-    summary = train(small_config(tmp_path / "b", planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder",
-                                 f"data.file_list={clean}"))
+    summary = train(
+        small_config(
+            tmp_path / "b", planted, teacher_ckpt, "train.max_steps=1", "data.dataset=folder", f"data.file_list={clean}"
+        )
+    )
     assert summary["val_images"] == 359
 
 
@@ -113,7 +125,9 @@ def test_nan_stops_before_the_optimizer_touches_the_weights(tmp_path, digits_roo
     monkeypatch.setattr(step_module, "distill_loss", poisoned)
     monkeypatch.setattr(torch.optim.SGD, "step", counted)
     cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=5", "train.checkpoint_every=1")
-    with pytest.raises(NonFiniteError, match="at step 3: the weights were not updated; last complete checkpoint: .*step-2"):
+    with pytest.raises(
+        NonFiniteError, match="at step 3: the weights were not updated; last complete checkpoint: .*step-2"
+    ):
         train(cfg)
     assert calls == {"loss": 3, "optimizer": 2}
     assert [p.name for p in ckpt.list_checkpoints(cfg.out_dir)] == ["step-1", "step-2"]
@@ -129,8 +143,9 @@ def test_nan_skip_mode_skips_the_step_and_counts_it(tmp_path, digits_root, teach
         return real_loss(*args, **kwargs) * (float("inf") if n["calls"] == 2 else 1.0)
 
     monkeypatch.setattr(step_module, "distill_loss", poisoned)
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "train.nonfinite=skip",
-                       "train.log_every=4")
+    cfg = small_config(
+        tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "train.nonfinite=skip", "train.log_every=4"
+    )
     train(cfg)
     assert read_rows(cfg.out_dir)[0]["skipped_steps"] == 1
 
@@ -162,6 +177,9 @@ def test_a_checkpoint_killed_mid_write_is_ignored_and_the_previous_one_resumes(t
     shutil.copytree(root / "step-2", root / "step-3.tmp")  # what a kill between save_state and rename leaves
     (root / "step-3.tmp" / "model.safetensors").write_bytes(b"half")
     assert ckpt.latest_checkpoint(cfg.out_dir).name == "step-2"
-    summary = train(small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "resume=auto",
-                                 "train.checkpoint_every=1"))
+    summary = train(
+        small_config(
+            tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "resume=auto", "train.checkpoint_every=1"
+        )
+    )
     assert summary["step"] == 4 and not (root / "step-3.tmp").exists()

@@ -30,8 +30,11 @@ pytestmark = pytest.mark.slow
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (path -> bytes), to prove a refused command changed nothing."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != run_dir.LOCK}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != run_dir.LOCK
+    }
 
 
 FIRST = ("train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=0")
@@ -55,6 +58,7 @@ def first_run(trained_once, tmp_path, digits_root, teacher_ckpt):
 
 # ---------------------------------------------------------------- a used out_dir
 
+
 def test_a_new_run_in_a_used_out_dir_is_refused_and_changes_nothing(first_run, tmp_path, digits_root, teacher_ckpt):
     out = Path(first_run.out_dir)
     before = snapshot(out)
@@ -65,12 +69,22 @@ def test_a_new_run_in_a_used_out_dir_is_refused_and_changes_nothing(first_run, t
     assert snapshot(out) == before  # config.yaml, metrics, checkpoints, final/: all as the first run left them
 
 
-def test_overwrite_moves_the_old_run_aside_and_resume_then_continues_the_new_one(first_run, tmp_path, digits_root,
-                                                                                   teacher_ckpt, capsys):
+def test_overwrite_moves_the_old_run_aside_and_resume_then_continues_the_new_one(
+    first_run, tmp_path, digits_root, teacher_ckpt, capsys
+):
     out = Path(first_run.out_dir)
     before = snapshot(out)
-    new = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=2", "train.checkpoint_every=1",
-                       "optim.lr=0.02", "overwrite=true", "train.eval_every=0", "train.log_every=1")
+    new = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "train.max_steps=2",
+        "train.checkpoint_every=1",
+        "optim.lr=0.02",
+        "overwrite=true",
+        "train.eval_every=0",
+        "train.log_every=1",
+    )
     train(new)
     moved = [p for p in out.parent.iterdir() if p.name.startswith(f"{out.name}.old-")]
     assert len(moved) == 1 and snapshot(moved[0]) == before  # the old run, whole, beside the new one
@@ -79,14 +93,24 @@ def test_overwrite_moves_the_old_run_aside_and_resume_then_continues_the_new_one
     assert [r["step"] for r in read_rows(out) if "loss" in r] == [1, 2]
     assert "lr: 0.02" in (out / "config.yaml").read_text()
 
-    resumed = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=3", "train.checkpoint_every=1",
-                           "optim.lr=0.02", "resume=auto", "train.eval_every=0", "train.log_every=1")
+    resumed = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "train.max_steps=3",
+        "train.checkpoint_every=1",
+        "optim.lr=0.02",
+        "resume=auto",
+        "train.eval_every=0",
+        "train.log_every=1",
+    )
     summary = train(resumed)
     assert "resumed from" in capsys.readouterr().out and summary["step"] == 3  # the new run's step-2, not the old 4
 
 
-def test_resume_auto_without_a_checkpoint_restarts_only_the_same_job(tmp_path, digits_root, teacher_ckpt,
-                                                                        monkeypatch, capsys):
+def test_resume_auto_without_a_checkpoint_restarts_only_the_same_job(
+    tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys
+):
     import training.step as step_module
 
     real = step_module.DistillStep.__call__
@@ -124,11 +148,16 @@ lock = OutDirLock(Path(sys.argv[1])); lock.acquire(); print("held", flush=True);
 
 
 def test_a_second_run_on_a_locked_out_dir_is_refused_naming_the_holder_and_a_kill_frees_it(
-        tmp_path, digits_root, teacher_ckpt):
+    tmp_path, digits_root, teacher_ckpt
+):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parent.parent)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=1")
@@ -156,13 +185,21 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path, digits_
 
 # ---------------------------------------------------------------- refused resumes leave the folder as it was
 
-@pytest.mark.parametrize("change, message", [
-    ("seed=1", r"saved with seed=0 \(this run: 1\)"),
-    ("optim.lr=0.2", r"saved with optim.lr=0.05 \(this run: 0.2\)"),
-    ("model.student=tv/mobilenet_v3_small", r"student='tv/shufflenet_v2_x0_5' \(this run: 'tv/mobilenet_v3_small'\)"),
-])
-def test_a_refused_resume_keeps_config_yaml_and_says_why_in_one_line(first_run, tmp_path, digits_root, teacher_ckpt,
-                                                                      change, message):
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("seed=1", r"saved with seed=0 \(this run: 1\)"),
+        ("optim.lr=0.2", r"saved with optim.lr=0.05 \(this run: 0.2\)"),
+        (
+            "model.student=tv/mobilenet_v3_small",
+            r"student='tv/shufflenet_v2_x0_5' \(this run: 'tv/mobilenet_v3_small'\)",
+        ),
+    ],
+)
+def test_a_refused_resume_keeps_config_yaml_and_says_why_in_one_line(
+    first_run, tmp_path, digits_root, teacher_ckpt, change, message
+):
     out = Path(first_run.out_dir)
     before = snapshot(out)
     with pytest.raises(ValueError, match=message) as e:
@@ -172,10 +209,20 @@ def test_a_refused_resume_keeps_config_yaml_and_says_why_in_one_line(first_run, 
 
 
 def test_resuming_another_model_names_the_mismatching_tensors(first_run, tmp_path, digits_root, teacher_ckpt):
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=6", "resume=auto", "resume_force=true",
-                       "model.student=tv/mobilenet_v3_small")
-    with pytest.raises(ValueError, match=r"holds another student than model.student=tv/mobilenet_v3_small: .*"
-                                         r"(missing|unexpected) keys \(e\.g\. ") as e:
+    cfg = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "train.max_steps=6",
+        "resume=auto",
+        "resume_force=true",
+        "model.student=tv/mobilenet_v3_small",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"holds another student than model.student=tv/mobilenet_v3_small: .*"
+        r"(missing|unexpected) keys \(e\.g\. ",
+    ) as e:
         train(cfg)
     assert "\n" not in str(e.value)
 
@@ -194,6 +241,7 @@ def test_a_dataset_that_changed_between_runs_is_not_resumed_silently(tmp_path, d
 
 # ---------------------------------------------------------------- damaged checkpoints
 
+
 def damage(path: Path, how: str) -> None:
     data = path.read_bytes()
     if how == "truncate":
@@ -202,15 +250,27 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("victim, how", [("model.safetensors", "truncate"), ("optimizer.bin", "flip"),
-                                         ("trainer_state_0.json", "truncate")])
-def test_resume_auto_passes_over_a_damaged_newest_checkpoint(first_run, tmp_path, digits_root, teacher_ckpt, capsys,
-                                                            victim, how):
+@pytest.mark.parametrize(
+    "victim, how", [("model.safetensors", "truncate"), ("optimizer.bin", "flip"), ("trainer_state_0.json", "truncate")]
+)
+def test_resume_auto_passes_over_a_damaged_newest_checkpoint(
+    first_run, tmp_path, digits_root, teacher_ckpt, capsys, victim, how
+):
     out = Path(first_run.out_dir)
     damage(out / "checkpoints" / "step-4" / victim, how)
     capsys.readouterr()
-    summary = train(small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=5", "resume=auto",
-                                 "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=0"))
+    summary = train(
+        small_config(
+            tmp_path,
+            digits_root,
+            teacher_ckpt,
+            "train.max_steps=5",
+            "resume=auto",
+            "train.checkpoint_every=2",
+            "train.log_every=1",
+            "train.eval_every=0",
+        )
+    )
     printed = capsys.readouterr().out
     assert f"step-4 is not usable: {victim}" in printed and "resuming from step-2" in printed
     assert summary["step"] == 5
@@ -235,8 +295,10 @@ def test_every_checkpoint_carries_a_manifest_of_its_files(first_run):
 
 # ---------------------------------------------------------------- a full disk mid-run
 
+
 def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_with_the_previous_intact(
-        tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys):
+    tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys
+):
     from accelerate import Accelerator
 
     real, calls = Accelerator.save_state, {"n": 0}
@@ -249,8 +311,11 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_with_the_p
 
     monkeypatch.setattr(Accelerator, "save_state", fills_the_disk)
     cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "train.checkpoint_every=1")
-    with pytest.raises(CheckpointWriteError, match=r"checkpoint step-2 could not be written .*No space left on "
-                                                   r"device.*the previous checkpoint is intact: .*step-1") as e:
+    with pytest.raises(
+        CheckpointWriteError,
+        match=r"checkpoint step-2 could not be written .*No space left on "
+        r"device.*the previous checkpoint is intact: .*step-1",
+    ) as e:
         train(cfg)
     assert "\n" not in str(e.value)
     root = Path(cfg.out_dir) / "checkpoints"
@@ -259,23 +324,39 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_with_the_p
 
     calls["n"] = 0
     capsys.readouterr()
-    argv = ["train", "--config", str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"),
-            f"out_dir={tmp_path / 'cli'}", f"data.root={digits_root}", "data.batch_size=32", "selection.k=24",
-            "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}", "train.max_steps=4",
-            "train.checkpoint_every=1", "train.progress=false", "teacher_train.train_if_missing=false"]
+    argv = [
+        "train",
+        "--config",
+        str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"),
+        f"out_dir={tmp_path / 'cli'}",
+        f"data.root={digits_root}",
+        "data.batch_size=32",
+        "selection.k=24",
+        "model.teacher=test_resnet",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "train.max_steps=4",
+        "train.checkpoint_every=1",
+        "train.progress=false",
+        "teacher_train.train_if_missing=false",
+    ]
     assert launch.main(argv) == 3 and "could not be written" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- values that validate but cannot train
 
+
 def test_one_row_per_step_for_a_batchnorm_student_is_refused_before_training(tmp_path, digits_root, teacher_ckpt):
-    with pytest.raises(ConfigError, match=r"'selection.k'=1 leaves 1 row per step for the student "
-                                          r"tv/shufflenet_v2_x0_5, whose BatchNorm layers need 2 or more"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'selection.k'=1 leaves 1 row per step for the student "
+        r"tv/shufflenet_v2_x0_5, whose BatchNorm layers need 2 or more",
+    ):
         train(small_config(tmp_path, digits_root, teacher_ckpt, "selection.k=1"))
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 # ---------------------------------------------------------------- files written whole
+
 
 def test_atomic_writes_leave_the_old_file_when_the_writer_dies(tmp_path):
     path = tmp_path / "metrics.json"
@@ -313,15 +394,17 @@ def test_final_weights_are_swapped_in_whole(first_run):
     assert not (out / "final.tmp").exists() and not (out / "final.old").exists()
 
 
-def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_path, digits_root, teacher_ckpt,
-                                                                  capsys):
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_path, digits_root, teacher_ckpt, capsys):
     """resume=<step-2> in a folder that also holds step-4: step-4 is another future. Left in place it would
     survive the resumed run's pruning as the 'newest' and a later resume=auto would continue the old run."""
     out = Path(first_run.out_dir)
     old_step4 = snapshot(out / "checkpoints" / "step-4")
     step2 = out / "checkpoints" / "step-2"
-    train(small_config(tmp_path, digits_root, teacher_ckpt, f"resume={step2}", "train.max_steps=3",
-                       "train.checkpoint_every=1"))
+    train(
+        small_config(
+            tmp_path, digits_root, teacher_ckpt, f"resume={step2}", "train.max_steps=3", "train.checkpoint_every=1"
+        )
+    )
     assert "moved to" in capsys.readouterr().out
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-2", "step-3"]
     aside = [p for p in (out / "checkpoints").iterdir() if p.name.startswith("superseded-")]
@@ -332,15 +415,20 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(first_run, tmp_p
 
 
 @pytest.mark.parametrize("where", ["run", "run/checkpoints"])
-def test_resume_pointed_at_a_run_folder_says_which_folder_to_name(first_run, tmp_path, digits_root, teacher_ckpt,
-                                                                  where):
-    with pytest.raises(ValueError, match=rf"a run's folder, not one checkpoint; use resume=auto with "
-                                         rf"out_dir={tmp_path / 'run'}, or name one of its checkpoints/step-N"):
+def test_resume_pointed_at_a_run_folder_says_which_folder_to_name(
+    first_run, tmp_path, digits_root, teacher_ckpt, where
+):
+    with pytest.raises(
+        ValueError,
+        match=rf"a run's folder, not one checkpoint; use resume=auto with "
+        rf"out_dir={tmp_path / 'run'}, or name one of its checkpoints/step-N",
+    ):
         train(small_config(tmp_path, digits_root, teacher_ckpt, f"resume={tmp_path / where}", "train.max_steps=6"))
 
 
-def test_resuming_a_finished_run_rewrites_its_final_row_instead_of_repeating_it(first_run, tmp_path, digits_root,
-                                                                                teacher_ckpt):
+def test_resuming_a_finished_run_rewrites_its_final_row_instead_of_repeating_it(
+    first_run, tmp_path, digits_root, teacher_ckpt
+):
     train(small_config(tmp_path, digits_root, teacher_ckpt, *FIRST, "resume=auto"))  # nothing left to train
     rows = read_rows(first_run.out_dir)
     assert [r["step"] for r in rows if r.get("final")] == [4]

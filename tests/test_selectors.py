@@ -59,6 +59,7 @@ def entropy_order(logits):
 
 # ---- KD and Random+KD ----
 
+
 def test_kd_all_rows_untouched():
     images, labels = batch()
     sel = build_selector("kd").select(images, labels, never_called)
@@ -90,6 +91,7 @@ def test_random_without_labels_and_fraction():
 
 
 # ---- UNIX ----
+
 
 @pytest.mark.parametrize("k,alpha,b", [(12, 1.0, None), (0.75, 0.2, 5), (16, 1.0, 0.25)])
 def test_unix_consistent_with_mix(k, alpha, b):
@@ -176,6 +178,7 @@ def test_k_resolved_per_batch():
 
 # ---- RNG state: a resumed selector draws what an uninterrupted one would ----
 
+
 @pytest.mark.parametrize("method", ["unix", "random"])
 def test_state_dict_round_trip(method):
     images, labels = batch()
@@ -215,9 +218,22 @@ def test_same_seed_same_draws_different_seed_different():
 
 # ---- options ----
 
-@pytest.mark.parametrize("k,N,want", [(1, 64, 1), (48, 64, 48), (64, 64, 64), (0.75, 64, 48),
-                                      (1.0, 64, 64), (0.001, 64, 1), (0.5, 3, 2), (np.int64(5), 8, 5),
-                                      (np.float32(0.5), 8, 4), (0.75, 256, 192)])
+
+@pytest.mark.parametrize(
+    "k,N,want",
+    [
+        (1, 64, 1),
+        (48, 64, 48),
+        (64, 64, 64),
+        (0.75, 64, 48),
+        (1.0, 64, 64),
+        (0.001, 64, 1),
+        (0.5, 3, 2),
+        (np.int64(5), 8, 5),
+        (np.float32(0.5), 8, 4),
+        (0.75, 256, 192),
+    ],
+)
 def test_resolve_k_good(k, N, want):
     got = resolve_k(k, N)
     assert got == want and type(got) is int
@@ -237,8 +253,17 @@ def test_resolve_k_message():
 
 
 def test_build_selector_types():
-    assert METHODS == ("kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup", "tlcutmix",
-                       "tlcutmix_pick")
+    assert METHODS == (
+        "kd",
+        "random",
+        "unix",
+        "uncertainty",
+        "mixup",
+        "nonadaptive",
+        "tlmixup",
+        "tlcutmix",
+        "tlcutmix_pick",
+    )
     assert isinstance(build_selector("kd", k=48), KDSelector)  # options a method does not use are allowed
     assert isinstance(build_selector("random", k=48), RandomSelector)
     s = build_selector("unix", k=48, alpha=0.2, w=1.0, b=0.5, criterion="margin", score_mode="eval", seed=1)
@@ -246,21 +271,24 @@ def test_build_selector_types():
     assert (s.k, s.alpha, s.w, s.b, s.criterion, s.score_mode) == (48, 0.2, 1.0, 0.5, "margin", "eval")
 
 
-@pytest.mark.parametrize("method,kwargs,match", [
-    ("cutout", {}, "kd, random, unix, uncertainty, mixup, nonadaptive, tlmixup, tlcutmix, tlcutmix_pick"),
-    ("unix", {}, "selection.k is required"),
-    ("random", {}, "selection.k is required"),
-    ("unix", dict(k=4, criterion="variance"), "entropy, confidence, margin"),
-    ("kd", dict(criterion="variance"), "entropy, confidence, margin"),
-    ("unix", dict(k=4, alpha=0.0), "selection.alpha"),
-    ("unix", dict(k=4, alpha=-1.0), "selection.alpha"),
-    ("unix", dict(k=4, w=0.0), "selection.w"),
-    ("unix", dict(k=4, score_mode="test"), "train, eval"),
-    ("unix", dict(k=4, b=1.5), "selection.b"),
-    ("unix", dict(k=4, b=-1), "selection.b"),
-    ("unix", dict(k=0), "selection.k"),
-    ("random", dict(k=1.5), "selection.k"),
-])
+@pytest.mark.parametrize(
+    "method,kwargs,match",
+    [
+        ("cutout", {}, "kd, random, unix, uncertainty, mixup, nonadaptive, tlmixup, tlcutmix, tlcutmix_pick"),
+        ("unix", {}, "selection.k is required"),
+        ("random", {}, "selection.k is required"),
+        ("unix", dict(k=4, criterion="variance"), "entropy, confidence, margin"),
+        ("kd", dict(criterion="variance"), "entropy, confidence, margin"),
+        ("unix", dict(k=4, alpha=0.0), "selection.alpha"),
+        ("unix", dict(k=4, alpha=-1.0), "selection.alpha"),
+        ("unix", dict(k=4, w=0.0), "selection.w"),
+        ("unix", dict(k=4, score_mode="test"), "train, eval"),
+        ("unix", dict(k=4, b=1.5), "selection.b"),
+        ("unix", dict(k=4, b=-1), "selection.b"),
+        ("unix", dict(k=0), "selection.k"),
+        ("random", dict(k=1.5), "selection.k"),
+    ],
+)
 def test_build_selector_errors(method, kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
         build_selector(method, **kwargs)

@@ -25,8 +25,9 @@ class TinyNet(nn.Module):
         self.head = nn.Linear(6, C)
         self.calls = []  # (rows, grad enabled) per run of forward()
         self.module_calls = []  # (rows, grad enabled) per call of the module (what DDP would wrap)
-        self.register_forward_pre_hook(lambda m, args: m.module_calls.append((args[0].shape[0],
-                                                                              torch.is_grad_enabled())))
+        self.register_forward_pre_hook(
+            lambda m, args: m.module_calls.append((args[0].shape[0], torch.is_grad_enabled()))
+        )
 
     def forward(self, x):
         self.calls.append((x.shape[0], torch.is_grad_enabled()))
@@ -58,8 +59,18 @@ def make_step(method, teacher=True, features=None, **options):
     opt = torch.optim.SGD(student.parameters(), lr=0.0)  # lr 0: the weights stay, so phases can be re-run
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     selector = build_selector(method, k=K, alpha=1.0, seed=3, **options)
-    step = DistillStep(CPUAccelerator(), student, t, opt, sched, selector, temperature=4.0, kd_weight=1.0,
-                       ce_weight=0.5, features=features)
+    step = DistillStep(
+        CPUAccelerator(),
+        student,
+        t,
+        opt,
+        sched,
+        selector,
+        temperature=4.0,
+        kd_weight=1.0,
+        ce_weight=0.5,
+        features=features,
+    )
     return step, student, t
 
 
@@ -102,10 +113,13 @@ def test_counts_match_what_the_models_ran(method):
     assert views == ([N, counts.student_bwd - N] if method.startswith("tl") else [counts.student_bwd])
 
 
-@pytest.mark.parametrize("criterion,expected", [
-    ("teacher_entropy", (3 * N, 2 * N, 2 * N)),  # teacher on N + pool; no student scoring pass
-    ("student_entropy", (N + N, 2 * N + 2 * N, 2 * N)),  # teacher labels the picked rows in the step
-])
+@pytest.mark.parametrize(
+    "criterion,expected",
+    [
+        ("teacher_entropy", (3 * N, 2 * N, 2 * N)),  # teacher on N + pool; no student scoring pass
+        ("student_entropy", (N + N, 2 * N + 2 * N, 2 * N)),  # teacher labels the picked rows in the step
+    ],
+)
 def test_pick_counts_per_criterion(criterion, expected):
     step, student, teacher = make_step("tlcutmix_pick", pick_criterion=criterion)
     _, counts = step(*batch())
@@ -141,8 +155,10 @@ def test_unix_family_loss_uses_the_config_weights_and_mixed_labels():
     loss = step.student_loss(sel, step.teacher_forward(sel))
     with torch.no_grad():
         s, t = student(sel.x), teacher(sel.x)
-    ce = ((1 - sel.m) * F.cross_entropy(s, sel.y, reduction="none")
-          + sel.m * F.cross_entropy(s, sel.y_partner, reduction="none")).mean()
+    ce = (
+        (1 - sel.m) * F.cross_entropy(s, sel.y, reduction="none")
+        + sel.m * F.cross_entropy(s, sel.y_partner, reduction="none")
+    ).mean()
     assert loss.item() == pytest.approx((1.0 * kd_ref(s, t) + 0.5 * ce).item(), rel=1e-5)
 
 
@@ -158,8 +174,12 @@ def test_at_on_the_main_rows_only():
     with torch.no_grad():
         s, t = student(x), teacher(x)
         fs, ft = student.features(sel.x), teacher.features(sel.x)
-    want = (0.1 * F.cross_entropy(s[:N], labels) + 0.9 * kd_ref(s[:N], t[:N]) + 0.9 * kd_ref(s[N:], t[N:])
-            + 1000.0 * (at_loss(fs[0], ft[0]) + at_loss(fs[1], ft[1])))
+    want = (
+        0.1 * F.cross_entropy(s[:N], labels)
+        + 0.9 * kd_ref(s[:N], t[:N])
+        + 0.9 * kd_ref(s[N:], t[N:])
+        + 1000.0 * (at_loss(fs[0], ft[0]) + at_loss(fs[1], ft[1]))
+    )
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
 
 

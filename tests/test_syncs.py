@@ -34,8 +34,16 @@ WARMUP, STEPS = 2, 3
 
 aten = torch.ops.aten
 READ_BACK = {aten._local_scalar_dense, aten.equal}  # .item(), bool(), float(), int(), f"{t:.3f}", torch.equal
-DATA_SIZED = {aten.nonzero, aten.masked_select, aten.bincount, aten._unique, aten._unique2, aten.unique_dim,
-              aten.unique_consecutive, aten.unique_dim_consecutive}  # the host must read the output's size
+DATA_SIZED = {
+    aten.nonzero,
+    aten.masked_select,
+    aten.bincount,
+    aten._unique,
+    aten._unique2,
+    aten.unique_dim,
+    aten.unique_consecutive,
+    aten.unique_dim_consecutive,
+}  # the host must read the output's size
 INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}  # a boolean mask: nonzero inside
 HOST_COPIES = ("tolist", "numpy", "cpu")  # Tensor methods that do not reach the dispatcher on a CPU tensor
 
@@ -50,16 +58,22 @@ class HostReads(TorchDispatchMode):
         super().__init__()
         self.tag = None
         self.tagged: list[tuple[object, str]] = []
-        self._patches = [mock.patch.object(torch.Tensor, name, self._recording(name, getattr(torch.Tensor, name)))
-                         for name in HOST_COPIES]
+        self._patches = [
+            mock.patch.object(torch.Tensor, name, self._recording(name, getattr(torch.Tensor, name)))
+            for name in HOST_COPIES
+        ]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         op = func.overloadpacket
-        if (op in READ_BACK or op in DATA_SIZED
-                or (op in INDEXING and any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
-                or (op is aten.repeat_interleave and isinstance(args[0], torch.Tensor)
-                    and kwargs.get("output_size") is None)):
+        if (
+            op in READ_BACK
+            or op in DATA_SIZED
+            or (op in INDEXING and any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
+            or (
+                op is aten.repeat_interleave and isinstance(args[0], torch.Tensor) and kwargs.get("output_size") is None
+            )
+        ):
             self._record(str(func))
         return func(*args, **kwargs)
 
@@ -95,20 +109,23 @@ class HostReads(TorchDispatchMode):
         self.tagged.append((self.tag, f"{what} at {where}"))
 
 
-@pytest.mark.parametrize("form, expected", [
-    (lambda t: t.sum().item(), "aten._local_scalar_dense.default"),
-    (lambda t: bool(t.sum() > 0), "aten._local_scalar_dense.default"),
-    (lambda t: float(t.sum()), "aten._local_scalar_dense.default"),
-    (lambda t: f"{t.sum():.3f}", "aten._local_scalar_dense.default"),
-    (lambda t: [0, 1, 2][t.argmax()], "aten._local_scalar_dense.default"),
-    (lambda t: t[t > 0], "aten.index.Tensor"),
-    (lambda t: torch.bincount(t.argsort(), minlength=8), "aten.bincount.default"),
-    (lambda t: t.nonzero(), "aten.nonzero.default"),
-    (lambda t: t.round().unique(), "aten._unique2.default"),
-    (lambda t: t.tolist(), "Tensor.tolist"),
-    (lambda t: t.numpy(), "Tensor.numpy"),
-    (lambda t: t.cpu(), "Tensor.cpu"),
-])
+@pytest.mark.parametrize(
+    "form, expected",
+    [
+        (lambda t: t.sum().item(), "aten._local_scalar_dense.default"),
+        (lambda t: bool(t.sum() > 0), "aten._local_scalar_dense.default"),
+        (lambda t: float(t.sum()), "aten._local_scalar_dense.default"),
+        (lambda t: f"{t.sum():.3f}", "aten._local_scalar_dense.default"),
+        (lambda t: [0, 1, 2][t.argmax()], "aten._local_scalar_dense.default"),
+        (lambda t: t[t > 0], "aten.index.Tensor"),
+        (lambda t: torch.bincount(t.argsort(), minlength=8), "aten.bincount.default"),
+        (lambda t: t.nonzero(), "aten.nonzero.default"),
+        (lambda t: t.round().unique(), "aten._unique2.default"),
+        (lambda t: t.tolist(), "Tensor.tolist"),
+        (lambda t: t.numpy(), "Tensor.numpy"),
+        (lambda t: t.cpu(), "Tensor.cpu"),
+    ],
+)
 def test_host_reads_sees_each_form_of_host_read(form, expected):
     t = torch.randn(3)
     with HostReads() as reads:
@@ -132,10 +149,21 @@ class FileOrder:
 
 
 def timing_config(*extra: str):
-    return load_timing_config(DEMO, [
-        "model.teacher=test_resnet", "model.student=test_resnet", f"model.num_classes={C}", f"data.batch_size={N}",
-        f"selection.k={K}", "loss.ce_weight=0.5",  # the mixed-label CE too (demo.yaml has none)
-        "model.teacher_checkpoint=", "out_dir=unused", *extra], "synthetic")  # random teacher weights
+    return load_timing_config(
+        DEMO,
+        [
+            "model.teacher=test_resnet",
+            "model.student=test_resnet",
+            f"model.num_classes={C}",
+            f"data.batch_size={N}",
+            f"selection.k={K}",
+            "loss.ce_weight=0.5",  # the mixed-label CE too (demo.yaml has none)
+            "model.teacher_checkpoint=",
+            "out_dir=unused",
+            *extra,
+        ],
+        "synthetic",
+    )  # random teacher weights
 
 
 class Trainerish:
@@ -148,8 +176,9 @@ class Trainerish:
         self.run = build_timed_run(cfg, self.accelerator, C)
         self.device = self.accelerator.device
         self.images, self.labels = synthetic_batch(cfg, C, self.device)
-        self.sampling = SamplingLog(tmp_path, [str(c) for c in range(C)], self.device, write=False,
-                                    loader=FileOrder(), count_images=True)
+        self.sampling = SamplingLog(
+            tmp_path, [str(c) for c in range(C)], self.device, write=False, loader=FileOrder(), count_images=True
+        )
         self.sampling.set_epoch(0, 0)
         self.loss_sum = torch.zeros((), device=self.device)
 
@@ -162,13 +191,18 @@ class Trainerish:
     def steps(self, n: int) -> None:
         for _ in range(n):
             loss, counts = self.step(self.images, self.labels)
-            self.run.ledger.add_step(batch=counts.batch, teacher=counts.teacher, student_fwd=counts.student_fwd,
-                                     student_bwd=counts.student_bwd)
+            self.run.ledger.add_step(
+                batch=counts.batch,
+                teacher=counts.teacher,
+                student_fwd=counts.student_fwd,
+                student_bwd=counts.student_bwd,
+            )
             self.loss_sum += loss
 
 
 CASES = [(method, ()) for method in METHODS] + [
-    ("unix", ("loss.feature=at",)), ("kd", ("loss.feature=sp",)),  # feature taps on teacher and student
+    ("unix", ("loss.feature=at",)),
+    ("kd", ("loss.feature=sp",)),  # feature taps on teacher and student
     ("unix", ("train.nonfinite=off",)),
 ]
 
@@ -254,9 +288,17 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
     from training.trainer import train
 
     log_every, checkpoint_every, max_steps = 3, 5, 7
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, "selection.method=unix", "model.student=test_resnet",
-                       f"train.max_steps={max_steps}", f"train.log_every={log_every}",
-                       f"train.checkpoint_every={checkpoint_every}", "train.count_images=true")
+    cfg = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "selection.method=unix",
+        "model.student=test_resnet",
+        f"train.max_steps={max_steps}",
+        f"train.log_every={log_every}",
+        f"train.checkpoint_every={checkpoint_every}",
+        "train.count_images=true",
+    )
     reads = HostReads()
     reads.tag = ("before", 0)
     original = step_module.DistillStep.__call__
@@ -281,7 +323,8 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
     boundaries.add(max_steps)  # the last log row, then the end of the run (checkpoint, evaluation)
     between = {p[1] for p in by_phase if p[0] == "after"}
     assert between <= boundaries, f"host reads after steps {sorted(between - boundaries)}: " + str(
-        {p: r for p, r in by_phase.items() if p[0] == "after" and p[1] not in boundaries})
+        {p: r for p, r in by_phase.items() if p[0] == "after" and p[1] not in boundaries}
+    )
     assert {3, 5, 6} <= between  # the log rows' .item() and the checkpoint's counts were seen: the detector was on
 
 
@@ -293,15 +336,16 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
 # GradScaler.step reads found_inf back to the host on every step (torch's design), and train.nonfinite=skip,
 # which reads the finite flag on purpose; both are documented.
 GPU_CASES = [(method, "no", ()) for method in METHODS] + [
-    ("unix", "bf16", ()), ("kd", "bf16", ()), ("tlcutmix_pick", "bf16", ()),
+    ("unix", "bf16", ()),
+    ("kd", "bf16", ()),
+    ("tlcutmix_pick", "bf16", ()),
     ("unix", "no", ("loss.feature=at",)),
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method, precision, extra", GPU_CASES,
-                         ids=[" ".join((m, p, *e)) for m, p, e in GPU_CASES])
+@pytest.mark.parametrize("method, precision, extra", GPU_CASES, ids=[" ".join((m, p, *e)) for m, p, e in GPU_CASES])
 def test_steps_do_not_sync_on_cuda(tmp_path, fresh_accelerator_state, method, precision, extra):
     t = Trainerish(timing_config(f"mixed_precision={precision}", *extra), tmp_path)
     assert t.device.type == "cuda"

@@ -35,11 +35,17 @@ def test_val_split_labels_come_from_the_annotations(tiny_root):
         assert index.classes[label] == truth[Path(file).name]
 
 
-@pytest.mark.parametrize("damage,needle", [
-    (lambda r: (r / "wnids.txt").unlink(), "wnids.txt"),
-    (lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n"), "val_annotations.txt:1"),
-    (lambda r: (r / "val" / "val_annotations.txt").write_text("gone.JPEG\tn01\t0\t0\t1\t1\n"), "gone.JPEG"),
-])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda r: (r / "wnids.txt").unlink(), "wnids.txt"),
+        (
+            lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n"),
+            "val_annotations.txt:1",
+        ),
+        (lambda r: (r / "val" / "val_annotations.txt").write_text("gone.JPEG\tn01\t0\t0\t1\t1\n"), "gone.JPEG"),
+    ],
+)
 def test_a_broken_tree_is_one_line(tmp_path, damage, needle):
     root = tmp_path / "tiny"
     write_tinyimagenet(root, n_train=1, n_val=1)
@@ -70,9 +76,21 @@ def test_dali_train_images_are_padded_crops_of_the_decoded_images(tiny_root):
     for row, i in zip(rows, order):
         pixels = decoded[int(i)] * std + mean  # back to 0..1 units
         padded = np.pad(pixels, ((0, 0), (8, 8), (8, 8)))  # zero pixels, as DALI's out-of-bounds fill
-        found = [(dy, dx, f) for dy in range(17) for dx in range(17) for f in (False, True)
-                 if np.allclose(((padded[:, dy:dy + 64, dx:dx + 64][:, :, ::-1] if f else
-                                  padded[:, dy:dy + 64, dx:dx + 64]) - mean) / std, row, atol=1e-4)]
+        found = [
+            (dy, dx, f)
+            for dy in range(17)
+            for dx in range(17)
+            for f in (False, True)
+            if np.allclose(
+                (
+                    (padded[:, dy : dy + 64, dx : dx + 64][:, :, ::-1] if f else padded[:, dy : dy + 64, dx : dx + 64])
+                    - mean
+                )
+                / std,
+                row,
+                atol=1e-4,
+            )
+        ]
         assert len(found) == 1, (i, found)
         placements_seen.add(found[0])
     assert len(placements_seen) > 1  # random placements, not a fixed one
@@ -84,8 +102,10 @@ def test_build_data_reads_tinyimagenet_for_the_trainer(tiny_root):
     from training.config import load_config
     from training.data import build_data
 
-    cfg = load_config("configs/tinyimagenet/resnet56_resnet20.yaml",
-                      [f"data.root={tiny_root}", "data.batch_size=4", "selection.k=3", "data.num_threads=1"])
+    cfg = load_config(
+        "configs/tinyimagenet/resnet56_resnet20.yaml",
+        [f"data.root={tiny_root}", "data.batch_size=4", "selection.k=3", "data.num_threads=1"],
+    )
     data = build_data(cfg, Accelerator(cpu=True))
     assert data.classes == ["n01", "n02", "n03"] and len(data.train) == 3 and len(data.val) == 2
     data.train.set_epoch(0)

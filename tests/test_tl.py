@@ -37,14 +37,18 @@ def never_called(x):
 
 # ---- CutMix ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lam,cy,cx,want", [
-    # cut = sqrt(1 - λ): cut_h = int(8·cut), cut_w = int(10·cut); box = centre ± cut // 2, clipped
-    (0.75, 4, 5, (2, 6, 3, 7)),   # cut 0.5: 4 x 5 -> half-widths 2, 2
-    (0.75, 0, 0, (0, 2, 0, 2)),   # the same box at the corner, clipped to 2 x 2
-    (0.0, 4, 5, (0, 8, 0, 10)),   # λ = 0: the whole image
-    (1.0, 3, 3, (3, 3, 3, 3)),    # λ = 1: an empty box
-    (0.36, 7, 9, (4, 8, 5, 10)),  # cut 0.8: 6 x 8 -> half-widths 3, 4; clipped at the bottom-right
-])
+
+@pytest.mark.parametrize(
+    "lam,cy,cx,want",
+    [
+        # cut = sqrt(1 - λ): cut_h = int(8·cut), cut_w = int(10·cut); box = centre ± cut // 2, clipped
+        (0.75, 4, 5, (2, 6, 3, 7)),  # cut 0.5: 4 x 5 -> half-widths 2, 2
+        (0.75, 0, 0, (0, 2, 0, 2)),  # the same box at the corner, clipped to 2 x 2
+        (0.0, 4, 5, (0, 8, 0, 10)),  # λ = 0: the whole image
+        (1.0, 3, 3, (3, 3, 3, 3)),  # λ = 1: an empty box
+        (0.36, 7, 9, (4, 8, 5, 10)),  # cut 0.8: 6 x 8 -> half-widths 3, 4; clipped at the bottom-right
+    ],
+)
 def test_cutmix_box_by_hand(lam, cy, cx, want):
     assert cutmix_box(H, W, lam, cy, cx) == want
 
@@ -92,6 +96,7 @@ def test_mixup_view():
 
 # ---- the TL selectors --------------------------------------------------------------------------------
 
+
 def test_tlcutmix_selection_replayed():
     images, labels = batch()
     seed, alpha = 5, 1.0
@@ -120,6 +125,7 @@ def test_tlmixup_selection_replayed_and_tl_alpha():
 
 
 # ---- pick --------------------------------------------------------------------------------------------
+
 
 def test_pick_scores_kl_by_hand():
     t = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
@@ -160,8 +166,9 @@ def test_pick_with_student_equal_to_teacher_scores_zero_and_is_stable():
         logits = model(x)
     assert torch.equal(pick_scores(logits, logits, "kl", 4.0), torch.zeros(3 * N))
     for _ in range(2):  # every d is 0: the pick keeps pool order, the first 4 rows of the first view
-        sel = build_selector("tlcutmix_pick", alpha=1.0, pool=3, n_pick=4, seed=7).select(images, labels, model,
-                                                                                          teacher=model)
+        sel = build_selector("tlcutmix_pick", alpha=1.0, pool=3, n_pick=4, seed=7).select(
+            images, labels, model, teacher=model
+        )
         assert sel.extra_index.tolist() == [0, 1, 2, 3]
         assert torch.equal(sel.extra, x[:4])
 
@@ -170,8 +177,9 @@ def test_pick_chooses_the_highest_kl_rows_and_reuses_teacher_logits():
     images, labels = batch(3)
     teacher, student = Linear(seed=1, scale=3.0), Linear(seed=2)
     pool, n_pick, T = 2, 5, 4.0
-    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=pool, n_pick=n_pick, temperature=T,
-                         seed=3).select(images, labels, student, teacher=teacher)
+    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=pool, n_pick=n_pick, temperature=T, seed=3).select(
+        images, labels, student, teacher=teacher
+    )
 
     x = rebuild_pool(images, seed=3, pool=pool)
     with torch.no_grad():
@@ -186,13 +194,16 @@ def test_pick_chooses_the_highest_kl_rows_and_reuses_teacher_logits():
     assert sel.x is images and sel.weights.extra_kd == 0.9
 
 
-@pytest.mark.parametrize("criterion,teacher_runs,student_runs", [
-    ("kl", True, True), ("teacher_entropy", True, False), ("student_entropy", False, True)])
+@pytest.mark.parametrize(
+    "criterion,teacher_runs,student_runs",
+    [("kl", True, True), ("teacher_entropy", True, False), ("student_entropy", False, True)],
+)
 def test_pick_runs_only_the_models_its_criterion_needs(criterion, teacher_runs, student_runs):
     images, labels = batch()
     teacher, student = Linear(seed=1), Linear(seed=2)
-    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=2, n_pick=1.0, pick_criterion=criterion,
-                         seed=0).select(images, labels, student, teacher=teacher)
+    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=2, n_pick=1.0, pick_criterion=criterion, seed=0).select(
+        images, labels, student, teacher=teacher
+    )
     assert teacher.seen == ([2 * N] if teacher_runs else [])
     assert student.seen == ([2 * N] if student_runs else [])
     assert sel.teacher_scored == (2 * N if teacher_runs else 0) and sel.scored == (2 * N if student_runs else 0)
@@ -205,8 +216,9 @@ def test_pick_entropy_criteria_pick_the_most_uncertain(criterion):
     images, labels = batch(4)
     model = Linear(seed=5)
     teacher, student = (model, never_called) if criterion == "teacher_entropy" else (never_called, model)
-    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=2, n_pick=3, pick_criterion=criterion,
-                         seed=1).select(images, labels, student, teacher=teacher)
+    sel = build_selector("tlcutmix_pick", alpha=1.0, pool=2, n_pick=3, pick_criterion=criterion, seed=1).select(
+        images, labels, student, teacher=teacher
+    )
     x = rebuild_pool(images, seed=1, pool=2)
     with torch.no_grad():
         p = torch.softmax(model(x).double(), 1)
@@ -214,9 +226,16 @@ def test_pick_entropy_criteria_pick_the_most_uncertain(criterion):
     assert torch.equal(sel.extra, x[torch.argsort(h, descending=True)[:3]])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(pool=1), "selection.pool"), (dict(n_pick=0), "selection.n_pick"), (dict(n_pick=2.5), "selection.n_pick"),
-    (dict(pick_criterion="loss"), "kl, teacher_entropy, student_entropy"), (dict(tl_alpha=1.5), "tl_alpha")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pool=1), "selection.pool"),
+        (dict(n_pick=0), "selection.n_pick"),
+        (dict(n_pick=2.5), "selection.n_pick"),
+        (dict(pick_criterion="loss"), "kl, teacher_entropy, student_entropy"),
+        (dict(tl_alpha=1.5), "tl_alpha"),
+    ],
+)
 def test_pick_option_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
         build_selector("tlcutmix_pick", alpha=1.0, **kwargs)

@@ -36,8 +36,9 @@ STEPWISE = ("train.log_every=1", "train.checkpoint_every=2", "train.eval_every=0
 def board(out: Path, purge: bool = True):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(out) / trackers.TRACKERS_DIR / "unixkd"), size_guidance={"scalars": 0},
-                           purge_orphaned_data=purge)
+    acc = EventAccumulator(
+        str(Path(out) / trackers.TRACKERS_DIR / "unixkd"), size_guidance={"scalars": 0}, purge_orphaned_data=purge
+    )
     acc.Reload()
     return acc
 
@@ -76,8 +77,8 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        parts += data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        parts += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = pb.Record()
@@ -122,9 +123,14 @@ def wandb_offline(tmp_path, monkeypatch):
     server.listen(8)
     server.setblocking(False)
     home = tmp_path / "wandb-home"
-    for key, value in {"WANDB_MODE": "offline", "WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}",
-                       "WANDB_CONFIG_DIR": home / "config", "WANDB_CACHE_DIR": home / "cache",
-                       "WANDB_DATA_DIR": home / "data", "WANDB_SILENT": "true"}.items():
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}",
+        "WANDB_CONFIG_DIR": home / "config",
+        "WANDB_CACHE_DIR": home / "cache",
+        "WANDB_DATA_DIR": home / "data",
+        "WANDB_SILENT": "true",
+    }.items():
         monkeypatch.setenv(key, str(value))
     for key in ("WANDB_DIR", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
         monkeypatch.delenv(key, raising=False)
@@ -172,9 +178,17 @@ def test_tensorboard_reads_back_every_step_eval_and_final_row(tmp_path, digits_r
     """A 2-epoch run, one row per step: EventAccumulator gives each numeric field of metrics.jsonl (the step
     rows' loss, lr, img_per_s, cost fields; the evaluation's top1/top5; the final summary) at its step with its
     value; booleans and strings are not scalars; the hparams are the resolved config, flat."""
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.log_with=tensorboard", "train.log_every=1",
-                       f"data.file_list={file_list(tmp_path, digits_root)}", "train.epochs=2", "train.max_steps=0",
-                       "train.eval_every=1")
+    cfg = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "train.log_with=tensorboard",
+        "train.log_every=1",
+        f"data.file_list={file_list(tmp_path, digits_root)}",
+        "train.epochs=2",
+        "train.max_steps=0",
+        "train.eval_every=1",
+    )
     summary = train(cfg)
     out = Path(cfg.out_dir)
     rows = assert_board_equals_metrics(out)
@@ -252,8 +266,10 @@ def test_a_preempted_run_ends_its_trackers_and_its_resume_continues_them(tmp_pat
         return real_call(self, images, labels)
 
     args = (*STEPWISE, "train.log_with=tensorboard", "train.max_steps=4")
-    with mock.patch.object(accelerate.tracking.TensorBoardTracker, "finish", counted_finish), \
-            mock.patch.object(step_module.DistillStep, "__call__", signalled):
+    with (
+        mock.patch.object(accelerate.tracking.TensorBoardTracker, "finish", counted_finish),
+        mock.patch.object(step_module.DistillStep, "__call__", signalled),
+    ):
         summary = train(small_config(tmp_path, digits_root, teacher_ckpt, *args))
     out = tmp_path / "run"
     assert summary["preempted"] and summary["step"] == 2
@@ -271,8 +287,15 @@ def test_compare_logs_each_method_to_its_own_out_dir(tmp_path, digits_root, teac
     its own trackers, so each method's TensorBoard run is in its own out_dir and equals its own metrics.jsonl."""
     from training.recipes import run_methods
 
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.log_with=tensorboard", "train.max_steps=2",
-                       "train.log_every=1", "train.eval_every=0")
+    cfg = small_config(
+        tmp_path,
+        digits_root,
+        teacher_ckpt,
+        "train.log_with=tensorboard",
+        "train.max_steps=2",
+        "train.log_every=1",
+        "train.eval_every=0",
+    )
     rows = run_methods(cfg, ["kd", "random"])
     for row in rows:
         out = tmp_path / "run" / row["method"]
@@ -287,7 +310,8 @@ def test_compare_logs_each_method_to_its_own_out_dir(tmp_path, digits_root, teac
 
 @pytest.mark.slow
 def test_wandb_offline_writes_under_out_dir_touches_no_network_and_resumes_the_same_run(
-        tmp_path, digits_root, teacher_ckpt, wandb_offline):
+    tmp_path, digits_root, teacher_ckpt, wandb_offline
+):
     """WANDB_MODE=offline: the offline run folder is <out_dir>/trackers/wandb/offline-run-*, its history is the
     metrics.jsonl rows (full precision), its config the flat resolved config; the resume is a second offline
     folder of the same run id holding the redone and later steps. W&B's API socket saw no connection."""
@@ -313,8 +337,9 @@ def test_wandb_offline_writes_under_out_dir_touches_no_network_and_resumes_the_s
 
 
 @pytest.mark.slow
-def test_a_failed_run_is_marked_failed_in_wandb_and_keeps_its_rows(tmp_path, digits_root, teacher_ckpt,
-                                                                  wandb_offline, monkeypatch):
+def test_a_failed_run_is_marked_failed_in_wandb_and_keeps_its_rows(
+    tmp_path, digits_root, teacher_ckpt, wandb_offline, monkeypatch
+):
     """A run that stops itself (NaN at step 2) ends its trackers: W&B's offline run exits with code 1 (failed)
     after the rows logged before; TensorBoard has the same rows as metrics.jsonl."""
     import training.step as step_module
@@ -328,8 +353,11 @@ def test_a_failed_run_is_marked_failed_in_wandb_and_keeps_its_rows(tmp_path, dig
 
     monkeypatch.setattr(step_module, "distill_loss", poisoned)
     with pytest.raises(NonFiniteError):
-        train(small_config(tmp_path, digits_root, teacher_ckpt, *STEPWISE, "train.max_steps=4",
-                           "train.log_with=tensorboard,wandb"))
+        train(
+            small_config(
+                tmp_path, digits_root, teacher_ckpt, *STEPWISE, "train.max_steps=4", "train.log_with=tensorboard,wandb"
+            )
+        )
     out = tmp_path / "run"
     (file,) = (out / "trackers" / "wandb").glob("offline-run-*/run-*.wandb")
     run = wandb_run(file)
@@ -349,8 +377,11 @@ def test_two_ranks_log_once_from_the_main_process(tmp_path, digits_root, teacher
     wrote it) equal to metrics.jsonl, one W&B offline run."""
     from test_distributed import finish, start, train_args
 
-    finish(start(2, train_args(tmp_path, digits_root, teacher_ckpt, "train.max_steps=4",
-                               "train.log_with=tensorboard,wandb")))
+    finish(
+        start(
+            2, train_args(tmp_path, digits_root, teacher_ckpt, "train.max_steps=4", "train.log_with=tensorboard,wandb")
+        )
+    )
     rows = assert_board_equals_metrics(tmp_path)
     assert rows[-1]["world_size"] == 2
     assert len(list((tmp_path / "trackers" / "unixkd").glob("events.out.tfevents.*"))) == 1
@@ -372,8 +403,16 @@ def test_trackers_add_no_host_read(tmp_path, digits_root, teacher_ckpt):
     for name in ("none", "tensorboard"):
         reads = HostReads()
         with reads:
-            train(small_config(tmp_path / name, digits_root, teacher_ckpt, f"train.log_with={name}",
-                               "train.max_steps=2", "train.log_every=1"))
+            train(
+                small_config(
+                    tmp_path / name,
+                    digits_root,
+                    teacher_ckpt,
+                    f"train.log_with={name}",
+                    "train.max_steps=2",
+                    "train.log_every=1",
+                )
+            )
         found[name] = sorted(reads.found)
     assert found["tensorboard"] == found["none"] and found["none"]
     assert (tmp_path / "tensorboard" / "run" / "trackers").is_dir()
@@ -383,8 +422,9 @@ def test_trackers_add_no_host_read(tmp_path, digits_root, teacher_ckpt):
 # refusals, before any work
 
 
-def test_a_missing_tracker_package_is_one_line_before_anything_is_made(tmp_path, digits_root, teacher_ckpt,
-                                                                      monkeypatch, capsys):
+def test_a_missing_tracker_package_is_one_line_before_anything_is_made(
+    tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys
+):
     """wandb not installed (hidden here): train() refuses in one line naming the key and the package before the
     Accelerator, the out_dir or the data exist; the CLI prints that line and exits 2. `all` with no tracker
     installed is refused the same way."""
@@ -395,8 +435,16 @@ def test_a_missing_tracker_package_is_one_line_before_anything_is_made(tmp_path,
     one_line(info.value, "'train.log_with'", "wandb", "pip install wandb")
     assert not build_data.called and not Path(cfg.out_dir).exists()
 
-    argv = ["train", "--config", str(launch_config()), f"out_dir={tmp_path / 'cli'}", f"data.root={digits_root}",
-            "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}", "train.log_with=wandb"]
+    argv = [
+        "train",
+        "--config",
+        str(launch_config()),
+        f"out_dir={tmp_path / 'cli'}",
+        f"data.root={digits_root}",
+        "model.teacher=test_resnet",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "train.log_with=wandb",
+    ]
     assert launch.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install wandb" in err and not (tmp_path / "cli").exists()
@@ -417,11 +465,14 @@ def test_other_trackers_without_their_package_name_it(tmp_path, digits_root, tea
     one_line(info.value, "'train.log_with'", name, f"pip install {package}".replace("aim<4", "'aim<4'"))
 
 
-@pytest.mark.parametrize("value, needles", [
-    ("tensorbord", ("unknown tracker 'tensorbord'", "did you mean 'tensorboard'", "wandb", "mlflow", "all")),
-    ("tensorboard,wandb,csv", ("unknown tracker 'csv'", "comet_ml", "none")),
-    ("[tensorboard,tensorboard]", ("names a tracker twice",)),
-])
+@pytest.mark.parametrize(
+    "value, needles",
+    [
+        ("tensorbord", ("unknown tracker 'tensorbord'", "did you mean 'tensorboard'", "wandb", "mlflow", "all")),
+        ("tensorboard,wandb,csv", ("unknown tracker 'csv'", "comet_ml", "none")),
+        ("[tensorboard,tensorboard]", ("names a tracker twice",)),
+    ],
+)
 def test_an_unknown_tracker_name_is_one_line_listing_accelerates(value, needles):
     with pytest.raises(ConfigError) as info:
         load_config(str(launch_config()), [f"train.log_with={value}"])
@@ -432,8 +483,15 @@ def test_log_with_forms_and_only_train_gets_trackers(tmp_path):
     """none / a name / comma-separated / a YAML list; make_accelerator gives trackers only with run=True, each
     Accelerator its own folder (several in one process keep theirs)."""
     pytest.importorskip("tensorboard")
-    for value, names in (("none", []), ("", []), ("false", []), ("off", []), ("TensorBoard", ["tensorboard"]),
-                         ("tensorboard, wandb", ["tensorboard", "wandb"]), ("[tensorboard]", ["tensorboard"])):
+    for value, names in (
+        ("none", []),
+        ("", []),
+        ("false", []),
+        ("off", []),
+        ("TensorBoard", ["tensorboard"]),
+        ("tensorboard, wandb", ["tensorboard", "wandb"]),
+        ("[tensorboard]", ["tensorboard"]),
+    ):
         assert trackers.parse(load_config(str(launch_config()), [f"train.log_with={value}"]).train.log_with) == names
 
     a = load_config(str(launch_config()), [f"out_dir={tmp_path / 'a'}", "train.log_with=tensorboard"])

@@ -27,10 +27,20 @@ N, K = 32, 24
 
 def small_config(tmp_path: Path, digits_root: Path, teacher_ckpt: Path, *extra: str):
     overrides = [
-        f"out_dir={tmp_path / 'run'}", f"data.root={digits_root}", f"data.batch_size={N}", "data.val_batch_size=128",
-        "model.teacher=test_resnet", "model.student=tv/shufflenet_v2_x0_5", f"model.teacher_checkpoint={teacher_ckpt}",
-        "teacher_train.train_if_missing=false", f"selection.k={K}", "train.max_steps=4", "train.log_every=2",
-        "train.progress=false", "optim.lr=0.05", *extra,
+        f"out_dir={tmp_path / 'run'}",
+        f"data.root={digits_root}",
+        f"data.batch_size={N}",
+        "data.val_batch_size=128",
+        "model.teacher=test_resnet",
+        "model.student=tv/shufflenet_v2_x0_5",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "teacher_train.train_if_missing=false",
+        f"selection.k={K}",
+        "train.max_steps=4",
+        "train.log_every=2",
+        "train.progress=false",
+        "optim.lr=0.05",
+        *extra,
     ]
     return load_config(str(launch_config()), overrides)
 
@@ -60,9 +70,21 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
     rows = read_rows(cfg.out_dir)
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [2, 4]
-    for key in ("step", "epoch", "loss", "lr", "img_per_s", "teacher_images", "student_fwd_images",
-                "student_bwd_images", "cost_fraction", "cost_fraction_measured", "flops_paper", "flops_measured",
-                "world_size"):
+    for key in (
+        "step",
+        "epoch",
+        "loss",
+        "lr",
+        "img_per_s",
+        "teacher_images",
+        "student_fwd_images",
+        "student_bwd_images",
+        "cost_fraction",
+        "cost_fraction_measured",
+        "flops_paper",
+        "flops_measured",
+        "world_size",
+    ):
         assert key in steps[-1], key
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     final = rows[-1]
@@ -81,8 +103,9 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
     # the measured convention: B_s counted (training.cost.backward_flops, checked on single layers in test_cost)
     Bs = backward_flops(create_model("tv/shufflenet_v2_x0_5", 10), 32)
     unix_measured = K / N + Fs / (Ft + Fs + Bs)  # SPEC §1 with the counted B_s
-    assert final["cost_fraction_measured"] == pytest.approx({"kd": 1.0, "random": K / N, "unix": unix_measured}[method],
-                                                            rel=1e-9)
+    assert final["cost_fraction_measured"] == pytest.approx(
+        {"kd": 1.0, "random": K / N, "unix": unix_measured}[method], rel=1e-9
+    )
     fwd = k + (N if method == "unix" else 0)
     for row, n_steps in [(steps[0], 2), (final, 4)]:  # cumulative
         assert row["flops_paper"] == pytest.approx(n_steps * (k * Ft + fwd * Fs + k * Fs), rel=1e-12)
@@ -96,8 +119,12 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, digits_root, teacher_ckpt):
     """The resumed run's final student must equal the uninterrupted run's bit for bit: the checkpoint carries
     models, optimizer, scheduler, selector RNG, torch RNG, and DALI's reader position and crop/flip RNG."""
-    fixed = ["data.crop_scale=[0.08,1.0]", "data.hflip=true", "selection.method=unix",
-             "optim.warmup_epochs=0.05"]  # the lr changes during the first steps, so the scheduler state matters
+    fixed = [
+        "data.crop_scale=[0.08,1.0]",
+        "data.hflip=true",
+        "selection.method=unix",
+        "optim.warmup_epochs=0.05",
+    ]  # the lr changes during the first steps, so the scheduler state matters
     full = small_config(tmp_path / "a", digits_root, teacher_ckpt, *fixed, "train.max_steps=7")
     train(full)
 
@@ -118,8 +145,17 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, digits_root, teach
 def test_resume_refuses_a_different_batch_size(tmp_path, digits_root, teacher_ckpt):
     train(small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=1"))
     with pytest.raises(ValueError, match="resume"):
-        train(small_config(tmp_path, digits_root, teacher_ckpt, "train.max_steps=2", "resume=auto",
-                           "data.batch_size=16", "selection.k=8"))
+        train(
+            small_config(
+                tmp_path,
+                digits_root,
+                teacher_ckpt,
+                "train.max_steps=2",
+                "resume=auto",
+                "data.batch_size=16",
+                "selection.k=8",
+            )
+        )
 
 
 def test_eval_command_reproduces_the_final_top1(tmp_path, digits_root, teacher_ckpt, capsys):
@@ -127,8 +163,16 @@ def test_eval_command_reproduces_the_final_top1(tmp_path, digits_root, teacher_c
     summary = train(cfg)
     capsys.readouterr()
     for ckpt in (Path(cfg.out_dir) / "final" / "model.safetensors", Path(cfg.out_dir) / "final"):  # file or folder
-        code = launch.main(["eval", "--config", str(launch_config()), f"data.root={digits_root}",
-                            "model.student=tv/shufflenet_v2_x0_5", f"checkpoint={ckpt}"])
+        code = launch.main(
+            [
+                "eval",
+                "--config",
+                str(launch_config()),
+                f"data.root={digits_root}",
+                "model.student=tv/shufflenet_v2_x0_5",
+                f"checkpoint={ckpt}",
+            ]
+        )
         assert code == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["top1"] == pytest.approx(summary["top1"]) and result["val_images"] == 359
@@ -136,18 +180,30 @@ def test_eval_command_reproduces_the_final_top1(tmp_path, digits_root, teacher_c
 
 def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_root, capsys):
     teacher = tmp_path / "teacher" / "final" / "model.safetensors"
-    code = launch.main([
-        "compare", "--config", str(launch_config()), "--methods", "kd,unix", f"out_dir={tmp_path / 'cmp'}",
-        f"data.root={digits_root}", f"data.batch_size={N}", "model.teacher=test_resnet",
-        f"model.teacher_checkpoint={teacher}", "teacher_train.epochs=1", f"selection.k={K}",
-        "train.max_steps=3", "train.progress=false",
-    ])
+    code = launch.main(
+        [
+            "compare",
+            "--config",
+            str(launch_config()),
+            "--methods",
+            "kd,unix",
+            f"out_dir={tmp_path / 'cmp'}",
+            f"data.root={digits_root}",
+            f"data.batch_size={N}",
+            "model.teacher=test_resnet",
+            f"model.teacher_checkpoint={teacher}",
+            "teacher_train.epochs=1",
+            f"selection.k={K}",
+            "train.max_steps=3",
+            "train.progress=false",
+        ]
+    )
     assert code == 0
     assert teacher.is_file()  # the teacher was trained first, by the same trainer with plain CE
     teacher_rows = read_rows(teacher.parent.parent)
     assert teacher_rows[-1]["final"] and teacher_rows[-1]["cost_fraction"] == 1.0
     out = capsys.readouterr().out
-    table = out[out.index("method"):]
+    table = out[out.index("method") :]
     assert "kd " in table and "unix " in table and "teacher top1" in table
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["method"] for r in rows] == ["kd", "unix"]
@@ -162,26 +218,32 @@ def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_r
 def cost_formula(method, Ft, Fs, k=K, n_pick=N):
     """SPEC §1/§3 with B_s = F_s: images through teacher, student forward and backward, per KD image."""
     teacher, fwd, bwd = {
-        "uncertainty": (k, N + k, k), "nonadaptive": (k, N + k, k), "mixup": (k, k, k),
-        "tlmixup": (2 * N, 2 * N, 2 * N), "tlcutmix": (2 * N, 2 * N, 2 * N),
+        "uncertainty": (k, N + k, k),
+        "nonadaptive": (k, N + k, k),
+        "mixup": (k, k, k),
+        "tlmixup": (2 * N, 2 * N, 2 * N),
+        "tlcutmix": (2 * N, 2 * N, 2 * N),
         "tlcutmix_pick": (N + 2 * N, 2 * N + N + n_pick, N + n_pick),  # pool 2N scored by both models
     }[method]
     return (teacher * Ft + (fwd + bwd) * Fs) / (N * (Ft + 2 * Fs))
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("uncertainty", ["selection.criterion=margin"]),
-    ("mixup", ["selection.budget=0.5"]),  # the budget mode picks k = 16 of 32 (no scoring pass)
-    ("nonadaptive", ["loss.feature=at"]),  # with AT on the last three stages of both models
-    ("tlmixup", ["loss.feature=sp"]),
-    ("tlcutmix", []),
-    ("tlcutmix_pick", ["train.count_images=true"]),
-])
-def test_every_method_trains_and_its_cost_is_what_it_ran(tmp_path, digits_root, teacher_ckpt, method, extra,
-                                                         capsys):
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("uncertainty", ["selection.criterion=margin"]),
+        ("mixup", ["selection.budget=0.5"]),  # the budget mode picks k = 16 of 32 (no scoring pass)
+        ("nonadaptive", ["loss.feature=at"]),  # with AT on the last three stages of both models
+        ("tlmixup", ["loss.feature=sp"]),
+        ("tlcutmix", []),
+        ("tlcutmix_pick", ["train.count_images=true"]),
+    ],
+)
+def test_every_method_trains_and_its_cost_is_what_it_ran(tmp_path, digits_root, teacher_ckpt, method, extra, capsys):
     steps = 2
-    cfg = small_config(tmp_path, digits_root, teacher_ckpt, f"selection.method={method}", f"train.max_steps={steps}",
-                       *extra)
+    cfg = small_config(
+        tmp_path, digits_root, teacher_ckpt, f"selection.method={method}", f"train.max_steps={steps}", *extra
+    )
     summary = train(cfg)
     assert torch.isfinite(torch.tensor([r["loss"] for r in read_rows(cfg.out_dir) if "loss" in r])).all()
     Ft, Fs = per_image_forward_flops("test_resnet"), per_image_forward_flops("tv/shufflenet_v2_x0_5")
@@ -210,10 +272,22 @@ def test_every_method_trains_and_its_cost_is_what_it_ran(tmp_path, digits_root, 
 
 
 def test_budget_below_the_scoring_pass_is_refused_before_training(tmp_path, digits_root, teacher_ckpt, capsys):
-    code = launch.main(["train", "--config", str(launch_config()), f"out_dir={tmp_path / 'b'}", f"data.root={digits_root}",
-                        f"data.batch_size={N}", "model.teacher=test_resnet", f"model.teacher_checkpoint={teacher_ckpt}",
-                        "teacher_train.train_if_missing=false", "selection.method=unix", "selection.budget=0.01",
-                        "train.progress=false"])
+    code = launch.main(
+        [
+            "train",
+            "--config",
+            str(launch_config()),
+            f"out_dir={tmp_path / 'b'}",
+            f"data.root={digits_root}",
+            f"data.batch_size={N}",
+            "model.teacher=test_resnet",
+            f"model.teacher_checkpoint={teacher_ckpt}",
+            "teacher_train.train_if_missing=false",
+            "selection.method=unix",
+            "selection.budget=0.01",
+            "train.progress=false",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scoring pass alone costs" in err[0]

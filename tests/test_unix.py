@@ -48,18 +48,25 @@ def ref_unix_mix(x, logits, k, lam, perm, w=10.0, b=None, criterion="entropy"):
 
 # ---- correction factor (SPEC §2 step 6) ----
 
+
 def test_correction_factor_hand_values():
     # N=4, w=10, b=2: c_r = sigmoid(10 * (r/4 - 3/8)) -> exponents -3.75, -1.25, 1.25, 3.75
-    expected = [1 / (1 + math.exp(3.75)), 1 / (1 + math.exp(1.25)),
-                1 / (1 + math.exp(-1.25)), 1 / (1 + math.exp(-3.75))]
+    expected = [
+        1 / (1 + math.exp(3.75)),
+        1 / (1 + math.exp(1.25)),
+        1 / (1 + math.exp(-1.25)),
+        1 / (1 + math.exp(-3.75)),
+    ]
     c = correction_factor(4, w=10.0, b=2)
     assert c.dtype == torch.float32 and c.shape == (4,)
     torch.testing.assert_close(c, torch.tensor(expected, dtype=torch.float32))
     torch.testing.assert_close(correction_factor(4), c)  # b=None -> N // 2
 
 
-@pytest.mark.parametrize("N,b", [(1, 0), (1, 1), (4, 0), (4, 2), (4, 4), (7, 3), (64, 10), (64, 32),
-                                 (256, 128), (256, 255), (100_000, 50_000)])
+@pytest.mark.parametrize(
+    "N,b",
+    [(1, 0), (1, 1), (4, 0), (4, 2), (4, 4), (7, 3), (64, 10), (64, 32), (256, 128), (256, 255), (100_000, 50_000)],
+)
 @pytest.mark.parametrize("w", [1.0, 10.0, 1000.0])
 def test_correction_factor_exactly_b_below_half(N, b, w):
     c = correction_factor(N, w=w, b=b)
@@ -89,8 +96,7 @@ def test_correction_factor_w1_is_near_linear():
     assert float(d.max() / d.min()) < 1.1  # sigmoid on [-0.5, 0.5]: almost a straight line
 
 
-@pytest.mark.parametrize("kwargs", [dict(N=0), dict(N=4, b=5), dict(N=4, b=-1), dict(N=4, w=0.0),
-                                    dict(N=4, w=-1.0)])
+@pytest.mark.parametrize("kwargs", [dict(N=0), dict(N=4, b=5), dict(N=4, b=-1), dict(N=4, w=0.0), dict(N=4, w=-1.0)])
 def test_correction_factor_errors(kwargs):
     N = kwargs.pop("N")
     with pytest.raises(ValueError):
@@ -98,6 +104,7 @@ def test_correction_factor_errors(kwargs):
 
 
 # ---- uncertainty criteria (SPEC §2 step 2) ----
+
 
 def test_uniform_and_one_hot():
     C = 10
@@ -149,8 +156,9 @@ def test_criteria_agree_when_one_class_dominates():
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_uncertainty_matches_reference(criterion):
     logits = torch.randn(32, 10, generator=torch.Generator().manual_seed(0)) * 3
-    np.testing.assert_allclose(uncertainty(logits, criterion).numpy(), ref_uncertainty(logits, criterion),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        uncertainty(logits, criterion).numpy(), ref_uncertainty(logits, criterion), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_unknown_criterion_one_line():
@@ -160,6 +168,7 @@ def test_unknown_criterion_one_line():
 
 
 # ---- unix_mix (SPEC §2 steps 2-8) ----
+
 
 def hand_case():
     # entropies: row 2 uniform (highest), then row 0 ([1,0,0]), row 3 ([5,0,0]), row 1 ([10,0,0])
@@ -262,10 +271,18 @@ def test_tensor_lam_equals_float_lam():
 def test_unix_mix_errors():
     x, logits, perm = hand_case()
     bad = [
-        dict(k=0), dict(k=5), dict(k=True), dict(k=0.5),
-        dict(perm=perm[:3]), dict(perm=perm.float()), dict(perm=perm[None]),
-        dict(logits=logits[:3]), dict(logits=logits[0]),
-        dict(lam=torch.tensor([0.5])), dict(lam=1.5), dict(criterion="variance"),
+        dict(k=0),
+        dict(k=5),
+        dict(k=True),
+        dict(k=0.5),
+        dict(perm=perm[:3]),
+        dict(perm=perm.float()),
+        dict(perm=perm[None]),
+        dict(logits=logits[:3]),
+        dict(logits=logits[0]),
+        dict(lam=torch.tensor([0.5])),
+        dict(lam=1.5),
+        dict(criterion="variance"),
         dict(x=x.long()),
     ]
     for override in bad:

@@ -48,6 +48,7 @@ def authors_at(f_s, f_t):
         f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
     elif s_H < t_H:
         f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
+
     def at(f):
         return F.normalize(f.pow(2).mean(1).view(f.size(0), -1))
 
@@ -87,9 +88,18 @@ def build(method, *, at=False, seed=7, **options):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     layers = default_layers("cifar_resnet8", student)
     features = FeatureDistill("at", 1000.0, layers, layers) if at else None
-    step = DistillStep(CPUAccelerator(), student, teacher, opt, sched,
-                       build_selector(method, k=N, alpha=1.0, seed=seed, temperature=T, **options),
-                       temperature=T, kd_weight=1.0, ce_weight=0.0, features=features)
+    step = DistillStep(
+        CPUAccelerator(),
+        student,
+        teacher,
+        opt,
+        sched,
+        build_selector(method, k=N, alpha=1.0, seed=seed, temperature=T, **options),
+        temperature=T,
+        kd_weight=1.0,
+        ce_weight=0.0,
+        features=features,
+    )
     ref_selector = build_selector(method, k=N, alpha=1.0, seed=seed, temperature=T, **options)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=LR, momentum=0.9, weight_decay=WD)  # the authors' SGD
     return step, student, teacher, ref, ref_selector, ref_opt, layers
@@ -115,19 +125,26 @@ def reference_loss(ref, teacher, sel, labels, layers=None):
     finally:
         for h in handles + t_handles:
             h.remove()
-    loss = 0.1 * F.cross_entropy(logit_s, labels) + 0.9 * (authors_kl(logit_s, logit_t)
-                                                           + authors_kl(input_mix_logit_s, input_mix_logit_t))
+    loss = 0.1 * F.cross_entropy(logit_s, labels) + 0.9 * (
+        authors_kl(logit_s, logit_t) + authors_kl(input_mix_logit_s, input_mix_logit_t)
+    )
     if layers:
         loss = loss + 1000.0 * sum(authors_at(store[n], t_store[n]) for n in layers)
     return loss
 
 
-CASES = [("tlmixup", {}, False), ("tlcutmix", {}, False), ("tlcutmix_pick", {}, False),
-         ("tlcutmix_pick", {"pick_criterion": "teacher_entropy"}, False), ("tlmixup", {}, True)]
+CASES = [
+    ("tlmixup", {}, False),
+    ("tlcutmix", {}, False),
+    ("tlcutmix_pick", {}, False),
+    ("tlcutmix_pick", {"pick_criterion": "teacher_entropy"}, False),
+    ("tlmixup", {}, True),
+]
 
 
-@pytest.mark.parametrize("method,options,at", CASES, ids=["tlmixup", "tlcutmix", "pick-kl", "pick-teacher-entropy",
-                                                            "tlmixup+at"])
+@pytest.mark.parametrize(
+    "method,options,at", CASES, ids=["tlmixup", "tlcutmix", "pick-kl", "pick-teacher-entropy", "tlmixup+at"]
+)
 def test_tl_step_equals_the_authors_two_forward_loop(method, options, at):
     step, student, teacher, ref, ref_selector, ref_opt, layers = build(method, at=at, **options)
     for images, labels in batches(3):
@@ -195,7 +212,8 @@ def test_separate_views_leaves_state_dict_hooks_and_unsplit_calls_alone():
     x = torch.randn(6, 3, S, S)
     with torch.no_grad(), views.split((4, 2)):
         assert list(model.state_dict()) == keys and dict(model.named_parameters()).keys() == {
-            n for n, _ in model.named_parameters()}
+            n for n, _ in model.named_parameters()
+        }
         out = model(x)
         with pytest.raises(ValueError, match=r"views of \(4, 2\) rows, got a batch of 5"):
             model(x[:5])
@@ -229,14 +247,21 @@ def test_an_instance_forward_is_split_through_and_put_back():
         out = model(x)
     assert calls == [2, 4] and vars(model)["forward"] is before
     with torch.no_grad():
-        torch.testing.assert_close(out, torch.cat([2 * nn.Sequential.forward(model, x[:2]),
-                                                   2 * nn.Sequential.forward(model, x[2:])]))
+        torch.testing.assert_close(
+            out, torch.cat([2 * nn.Sequential.forward(model, x[:2]), 2 * nn.Sequential.forward(model, x[2:])])
+        )
 
 
 class SmallBNNet(nn.Sequential):
     def __init__(self):
-        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, C))
+        super().__init__(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, C),
+        )
 
 
 @pytest.mark.slow
@@ -253,9 +278,17 @@ def test_compiled_student_splits_the_views_in_one_graph():
 
     def make(net):
         opt = build_optimizer(net, OptimConfig(lr=LR, momentum=0.9, weight_decay=WD, decay_norm_and_bias=True))
-        return DistillStep(CPUAccelerator(), net, teacher, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-                           build_selector("tlcutmix", k=N, alpha=1.0, seed=7), temperature=T, kd_weight=1.0,
-                           ce_weight=0.0)
+        return DistillStep(
+            CPUAccelerator(),
+            net,
+            teacher,
+            opt,
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+            build_selector("tlcutmix", k=N, alpha=1.0, seed=7),
+            temperature=T,
+            kd_weight=1.0,
+            ce_weight=0.0,
+        )
 
     eager, compiled = make(eager_net), make(compiled_net)
     torch._dynamo.reset()

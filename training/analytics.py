@@ -25,12 +25,12 @@ IMAGES_DIR = "sampling_images"
 
 
 class SamplingLog:
-    def __init__(self, out_dir: Path, classes: list[str], device, *, write: bool, loader=None,
-                 count_images: bool = False):
+    def __init__(
+        self, out_dir: Path, classes: list[str], device, *, write: bool, loader=None, count_images: bool = False
+    ):
         self.out_dir, self.write_files, self.device = Path(out_dir), write, device
         self.C = len(classes)
-        self.history = {"classes": list(classes), "epochs": [], "seen": [], "selected": [], "extra": [],
-                        "eval": []}
+        self.history = {"classes": list(classes), "epochs": [], "seen": [], "selected": [], "extra": [], "eval": []}
         self.loader = loader
         self.count_images = count_images
         if count_images and not hasattr(loader, "sample_order"):
@@ -59,7 +59,7 @@ class SamplingLog:
             self._count(2, labels[sel.extra_index])
         if self.count_images:
             N = labels.shape[0]
-            ids = self.order[self.batch * N:(self.batch + 1) * N]
+            ids = self.order[self.batch * N : (self.batch + 1) * N]
             rows = sel.index if sel.extra_index is None else torch.cat([sel.index, sel.extra_index])
             self.images.index_add_(0, ids[rows], torch.ones(rows.shape[0], dtype=torch.int32, device=self.device))
         self.batch += 1
@@ -107,8 +107,15 @@ class SamplingLog:
         result = dict(result)
         correct, total = result.pop("per_class_correct", None), result.pop("per_class_total", None)
         if correct is not None:
-            self.history["eval"].append({"step": step, "epoch": epoch, "top1": result.get("top1"),
-                                         "per_class_correct": correct, "per_class_total": total})
+            self.history["eval"].append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "top1": result.get("top1"),
+                    "per_class_correct": correct,
+                    "per_class_total": total,
+                }
+            )
             self.write()
         return result
 
@@ -119,9 +126,11 @@ class SamplingLog:
 
     # --- checkpoints: the history (main process) and this process's counts of the epoch so far ----------
     def state_dict(self) -> dict:
-        return {"history": self.history if self.write_files else None,
-                "counts": self.counts.tolist(),  # sync: at a checkpoint
-                "steps": self.steps}
+        return {
+            "history": self.history if self.write_files else None,
+            "counts": self.counts.tolist(),  # sync: at a checkpoint
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: dict | None) -> None:
         if not state:  # a checkpoint from before analytics existed

@@ -81,9 +81,19 @@ class Runner:
     data_wait_ms: list[float] = field(default_factory=list)
 
 
-def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3, data: str = "synthetic",
-          peer: str | None = None, fast_path: str = "fused", teacher_modes: str = "auto", note: str = "",
-          accelerator=None) -> dict:
+def bench(
+    cfg: Config,
+    *,
+    selectors: list[str],
+    steps: int = 20,
+    warmup: int = 3,
+    data: str = "synthetic",
+    peer: str | None = None,
+    fast_path: str = "fused",
+    teacher_modes: str = "auto",
+    note: str = "",
+    accelerator=None,
+) -> dict:
     """Time `selectors` (and the peer) on `cfg`'s pair; returns the result record (see benchmarks/README.md)."""
     from selection import SELECTORS
 
@@ -105,8 +115,10 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     t_modes = teacher_modes_for(teacher_modes, device)  # checked before anything is built
     modes = ["synthetic", "pipeline"] if data == "both" else [data]
     if peer is not None and "pipeline" in modes and cfg.data.dataset.startswith("cifar"):
-        raise ConfigError(f"--peer {peer} with --data {data} reads an image folder (ImageFolder); "
-                          f"data.dataset={cfg.data.dataset} is arrays: use --data synthetic")
+        raise ConfigError(
+            f"--peer {peer} with --data {data} reads an image folder (ImageFolder); "
+            f"data.dataset={cfg.data.dataset} is arrays: use --data synthetic"
+        )
     loaders = timing_data(cfg, accelerator, modes)
     num_classes = cfg.model.num_classes or len(loaders.classes)
     run = build_timed_run(cfg, accelerator, num_classes)
@@ -128,36 +140,68 @@ def bench(cfg: Config, *, selectors: list[str], steps: int = 20, warmup: int = 3
     if ours is not None:  # each loader from a fresh epoch: no epoch restart inside the timed batches if it fits
         ours.close()
         name = f"{type(loaders.train).__name__} (this project's loader)"
-        data_alone.append({**_time_loader(name, endless(loaders.train), steps, warmup, N, device), "ours": True,
-                           "batches_per_epoch": len(loaders.train)})
+        data_alone.append(
+            {
+                **_time_loader(name, endless(loaders.train), steps, warmup, N, device),
+                "ours": True,
+                "batches_per_epoch": len(loaders.train),
+            }
+        )
     if peer_batches is not None:
         peer_batches.close()  # its DataLoader workers end with it
-        data_alone.append({**_time_loader(peer_step.loader_name, peer_step.batches(), steps, warmup, N, device),
-                           "ours": False, "batches_per_epoch": peer_step.batches_per_epoch})
+        data_alone.append(
+            {
+                **_time_loader(peer_step.loader_name, peer_step.batches(), steps, warmup, N, device),
+                "ours": False,
+                "batches_per_epoch": peer_step.batches_per_epoch,
+            }
+        )
 
     peak = peak_flops(device, cfg.mixed_precision)
     p2 = None
     if "unix" in fused:  # P2: UNIX's selection against the forward it needs anyway
-        p2 = selection_micro(accelerator, run.step.scorer, images, labels, fused["unix"], run.ledger, peak,
-                             steps=steps, warmup=warmup)
+        p2 = selection_micro(
+            accelerator, run.step.scorer, images, labels, fused["unix"], run.ledger, peak, steps=steps, warmup=warmup
+        )
     teacher = None
     if t_modes:  # "CUDA graph or torch.compile: measure which wins", on the rows the teacher sees
-        teacher = teacher_micro(accelerator, run.teacher, images, _teacher_rows(cfg, fused, N), t_modes,
-                                run.ledger, peak, steps=steps, warmup=warmup)
+        teacher = teacher_micro(
+            accelerator,
+            run.teacher,
+            images,
+            _teacher_rows(cfg, fused, N),
+            t_modes,
+            run.ledger,
+            peak,
+            steps=steps,
+            warmup=warmup,
+        )
     result = {
         "kind": "unixkd bench",
         "environment": environment(device),
         "note": note,
-        "args": {"selectors": selectors, "steps": steps, "warmup": warmup, "data": data, "peer": peer,
-                 "fast_path": fast_path, "teacher_modes": teacher_modes},
-        "timing": ("interleaved over runners and modes, warm-up rounds first. synthetic: " +
-                   ("CUDA events around each step, one sync at the end; " if device.type == "cuda" else
-                    "time.perf_counter around each step; ") +
-                   "pipeline: perf_counter around data wait + step, device synced after each step; "
-                   "img/s = N / median step time. data alone: after the steps, each loader from a fresh epoch, "
-                   "batches back to back, img/s = N x batches / total time. micro-benchmarks (p2, teacher_forward): "
-                   "after that, on the synthetic batch, interleaved the same way. MFU = FLOPs (measured "
-                   "convention) / median time / peak"),
+        "args": {
+            "selectors": selectors,
+            "steps": steps,
+            "warmup": warmup,
+            "data": data,
+            "peer": peer,
+            "fast_path": fast_path,
+            "teacher_modes": teacher_modes,
+        },
+        "timing": (
+            "interleaved over runners and modes, warm-up rounds first. synthetic: "
+            + (
+                "CUDA events around each step, one sync at the end; "
+                if device.type == "cuda"
+                else "time.perf_counter around each step; "
+            )
+            + "pipeline: perf_counter around data wait + step, device synced after each step; "
+            "img/s = N / median step time. data alone: after the steps, each loader from a fresh epoch, "
+            "batches back to back, img/s = N x batches / total time. micro-benchmarks (p2, teacher_forward): "
+            "after that, on the synthetic batch, interleaved the same way. MFU = FLOPs (measured "
+            "convention) / median time / peak"
+        ),
         "teacher_weights": teacher_weights(cfg),
         "num_classes": num_classes,
         "flops_per_image": costs,
@@ -189,8 +233,16 @@ def _teacher_rows(cfg: Config, fused: dict, N: int) -> int:
 # the runners: as the run resolves it (fused) and eager
 
 
-def build_runners(run, fused: dict, modes: list[str], fast_path: str, peer_step=None, ours: Iterator | None = None,
-                  peer_batches: Iterator | None = None, device=None) -> tuple[list[Runner], dict]:
+def build_runners(
+    run,
+    fused: dict,
+    modes: list[str],
+    fast_path: str,
+    peer_step=None,
+    ours: Iterator | None = None,
+    peer_batches: Iterator | None = None,
+    device=None,
+) -> tuple[list[Runner], dict]:
     """One runner per data mode × path × selector (+ the peer per mode), and what the fast path resolved to.
 
     `fused`: each selector as `make_selector` builds it for the run (graphed where the run graphs it). A
@@ -202,14 +254,18 @@ def build_runners(run, fused: dict, modes: list[str], fast_path: str, peer_step=
     differs = resolved != {"selection": "eager", "teacher": "eager", "student": "eager"}
     note = None
     if differs:
-        groups = {"fused": [("fused", "")], "eager": [("eager", "/eager")],
-                  "both": [("fused", ""), ("eager", "/eager")]}[fast_path]
+        groups = {
+            "fused": [("fused", "")],
+            "eager": [("eager", "/eager")],
+            "both": [("fused", ""), ("eager", "/eager")],
+        }[fast_path]
     else:  # the run as configured is the eager path: one set of runners, named as asked
         groups = [("eager", "" if fast_path == "fused" else "/eager")]
         where = device.type if device is not None else "this device"
         if fast_path != "eager":
-            note = (f"fast path: on {where} this run resolves to eager (selection, teacher and student all eager): "
-                    + ("timing the eager runners only" if fast_path == "both" else "its rows are eager"))
+            note = f"fast path: on {where} this run resolves to eager (selection, teacher and student all eager): " + (
+                "timing the eager runners only" if fast_path == "both" else "its rows are eager"
+            )
     costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
 
     def make_step(name: str, group: str) -> DistillStep:
@@ -226,13 +282,35 @@ def build_runners(run, fused: dict, modes: list[str], fast_path: str, peer_step=
         for group, suffix in groups:
             for name in fused:
                 step = make_step(name, group)
-                runners.append(Runner(mode, name + suffix, lambda x, y, step=step: step(x, y)[1], CostLedger(**costs),
-                                      batches=batches, distill=step, selector=name, fast_path=group))
+                runners.append(
+                    Runner(
+                        mode,
+                        name + suffix,
+                        lambda x, y, step=step: step(x, y)[1],
+                        CostLedger(**costs),
+                        batches=batches,
+                        distill=step,
+                        selector=name,
+                        fast_path=group,
+                    )
+                )
         if peer_step is not None:
-            runners.append(Runner(mode, peer_step.name, peer_step, CostLedger(**costs),
-                                  batches=None if mode == "synthetic" else peer_batches))
-    path = {"requested": fast_path, "resolved": resolved, "fused_differs_from_eager": differs,
-            "timed": [group for group, _ in groups], "note": note}
+            runners.append(
+                Runner(
+                    mode,
+                    peer_step.name,
+                    peer_step,
+                    CostLedger(**costs),
+                    batches=None if mode == "synthetic" else peer_batches,
+                )
+            )
+    path = {
+        "requested": fast_path,
+        "resolved": resolved,
+        "fused_differs_from_eager": differs,
+        "timed": [group for group, _ in groups],
+        "note": note,
+    }
     return runners, path
 
 
@@ -252,8 +330,7 @@ def _add(ledger: CostLedger, n: StepCounts) -> None:
     ledger.add_step(batch=n.batch, teacher=n.teacher, student_fwd=n.student_fwd, student_bwd=n.student_bwd)
 
 
-def _time_interleaved(runners: list[Runner], images: Tensor, labels: Tensor, steps: int, warmup: int,
-                      device) -> None:
+def _time_interleaved(runners: list[Runner], images: Tensor, labels: Tensor, steps: int, warmup: int, device) -> None:
     """Rounds of one step per runner (A B C A B C ...); the first `warmup` rounds are not recorded."""
     events, clock = EventClock(device), Clock(device)
     regions: dict[int, list[int]] = {id(r): [] for r in runners}
@@ -309,24 +386,29 @@ def _rows(runners: list[Runner], N: int, steps: int, peak: dict) -> list[dict]:
         med = median(r.step_ms)
         base = kd.get((r.mode, r.fast_path or first_path))
         flops = r.ledger.flops("measured") / steps  # what one step computed, the counted backward included
-        rows.append({
-            "mode": r.mode, "runner": r.name, "selector": r.selector, "fast_path": r.fast_path,
-            "modes": step_modes(r.distill) if r.distill is not None else None,
-            "eager_fallbacks": _fallbacks(r.distill),
-            "N": N,
-            "teacher_images_per_step": r.ledger.teacher_images / steps,
-            "img_per_s": N / (med / 1e3),
-            "median_step_ms": med,
-            "step_ratio_kd": med / base if base else None,
-            "flop_ratio_paper": r.ledger.cost_fraction("paper"),
-            "flop_ratio_measured": r.ledger.cost_fraction("measured"),
-            "flops_per_step": flops,
-            "achieved_tflops": flops / (med / 1e3) / 1e12,
-            "mfu": mfu(flops, med, peak),
-            "median_data_wait_ms": median(r.data_wait_ms),
-            "step_ms": r.step_ms,
-            "data_wait_ms": r.data_wait_ms,
-        })
+        rows.append(
+            {
+                "mode": r.mode,
+                "runner": r.name,
+                "selector": r.selector,
+                "fast_path": r.fast_path,
+                "modes": step_modes(r.distill) if r.distill is not None else None,
+                "eager_fallbacks": _fallbacks(r.distill),
+                "N": N,
+                "teacher_images_per_step": r.ledger.teacher_images / steps,
+                "img_per_s": N / (med / 1e3),
+                "median_step_ms": med,
+                "step_ratio_kd": med / base if base else None,
+                "flop_ratio_paper": r.ledger.cost_fraction("paper"),
+                "flop_ratio_measured": r.ledger.cost_fraction("measured"),
+                "flops_per_step": flops,
+                "achieved_tflops": flops / (med / 1e3) / 1e12,
+                "mfu": mfu(flops, med, peak),
+                "median_data_wait_ms": median(r.data_wait_ms),
+                "step_ms": r.step_ms,
+                "data_wait_ms": r.data_wait_ms,
+            }
+        )
     return rows
 
 
@@ -337,8 +419,10 @@ def _fallbacks(step: DistillStep | None) -> dict | None:
         return None
     selector, teacher = step.selector, step.teacher_call
     graphed_teacher = isinstance(teacher, TeacherForward) and teacher.mode in ("graph", "static")
-    out = {"selection": selector.fallbacks if isinstance(selector, GraphedUnixSelector) else None,
-           "teacher": teacher.eager_calls if graphed_teacher else None}
+    out = {
+        "selection": selector.fallbacks if isinstance(selector, GraphedUnixSelector) else None,
+        "teacher": teacher.eager_calls if graphed_teacher else None,
+    }
     return out if any(v is not None for v in out.values()) else None
 
 
@@ -362,30 +446,39 @@ class TimmPeer:
         from .optim import build_optimizer
 
         if cfg.mixed_precision == "fp16":
-            raise ConfigError("--peer timm: mixed_precision=fp16 needs a grad scaler the peer does not have; "
-                              "use bf16 or no")
+            raise ConfigError(
+                "--peer timm: mixed_precision=fp16 needs a grad scaler the peer does not have; use bf16 or no"
+            )
         self.cfg, self.accelerator, self.device = cfg, accelerator, accelerator.device
         student = create_model(cfg.model.student, num_classes)
         if not hasattr(student, "pretrained_cfg"):  # torchvision models: timm's task reads the normalization here
             student.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         self.mean, self.std = student.pretrained_cfg["mean"], student.pretrained_cfg["std"]
         self.task = LogitDistillationTask(
-            student, DistillationTeacher(teacher, device=self.device), distill_loss_weight=cfg.loss.kd_weight,
-            task_loss_weight=cfg.loss.ce_weight, temperature=cfg.loss.temperature, device=self.device,
-            verbose=False).to(self.device)
+            student,
+            DistillationTeacher(teacher, device=self.device),
+            distill_loss_weight=cfg.loss.kd_weight,
+            task_loss_weight=cfg.loss.ce_weight,
+            temperature=cfg.loss.temperature,
+            device=self.device,
+            verbose=False,
+        ).to(self.device)
         self.task.train()
         self.optimizer = build_optimizer(student, cfg.optim)
         self.workers = os.cpu_count() or 1
         self.batches_per_epoch: int | None = None  # known once batches() made its DataLoader
         import timm
 
-        self.loader_name = (f"torchvision ImageFolder + DataLoader (workers={self.workers}, "
-                            f"pin_memory={self.device.type == 'cuda'})")
-        self.description = (f"timm {timm.__version__} timm.task.LogitDistillationTask (KD on all N, "
-                            f"T={cfg.loss.temperature}, kd weight {cfg.loss.kd_weight}, task CE weight "
-                            f"{cfg.loss.ce_weight}); plain loss.backward() + SGD; data: {self.loader_name} with "
-                            "RandomResizedCrop(scale, ratio as configured), RandomHorizontalFlip if data.hflip, "
-                            "ToTensor, Normalize")
+        self.loader_name = (
+            f"torchvision ImageFolder + DataLoader (workers={self.workers}, pin_memory={self.device.type == 'cuda'})"
+        )
+        self.description = (
+            f"timm {timm.__version__} timm.task.LogitDistillationTask (KD on all N, "
+            f"T={cfg.loss.temperature}, kd weight {cfg.loss.kd_weight}, task CE weight "
+            f"{cfg.loss.ce_weight}); plain loss.backward() + SGD; data: {self.loader_name} with "
+            "RandomResizedCrop(scale, ratio as configured), RandomHorizontalFlip if data.hflip, "
+            "ToTensor, Normalize"
+        )
 
     def __call__(self, images: Tensor, labels: Tensor) -> StepCounts:
         with self.accelerator.autocast():
@@ -415,9 +508,15 @@ class TimmPeer:
             tf.append(transforms.RandomHorizontalFlip())
         tf += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
         dataset = datasets.ImageFolder(str(Path(dataset_root(self.cfg)) / "train"), transforms.Compose(tf))
-        return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
-                                           num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                                           persistent_workers=True)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=True,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -426,10 +525,14 @@ class TimmPeer:
 
 def format_table(result: dict) -> str:
     w = max(13, *(len(r["runner"]) for r in result["rows"]))
-    head = (f"{'mode':<10} {'runner':<{w}} {'sel/teacher':<13} {'img/s':>8} {'step ms':>8} {'step/KD':>7} "
-            f"{'FLOP/KD':>7} {'FLOP/KD':>8} {'teacher':>7} {'data wait':>9} {'MFU':>6}")
-    sub = (f"{'':<10} {'':<{w}} {'':<13} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} "
-           f"{'img/step':>7} {'ms':>9} {'':>6}")
+    head = (
+        f"{'mode':<10} {'runner':<{w}} {'sel/teacher':<13} {'img/s':>8} {'step ms':>8} {'step/KD':>7} "
+        f"{'FLOP/KD':>7} {'FLOP/KD':>8} {'teacher':>7} {'data wait':>9} {'MFU':>6}"
+    )
+    sub = (
+        f"{'':<10} {'':<{w}} {'':<13} {'':>8} {'median':>8} {'':>7} {'paper':>7} {'measured':>8} "
+        f"{'img/step':>7} {'ms':>9} {'':>6}"
+    )
     lines = [head, sub, "-" * len(head)]
 
     def f(v, fmt):  # "-" where there is no value, right-aligned in the column's width
@@ -437,24 +540,35 @@ def format_table(result: dict) -> str:
 
     for r in result["rows"]:
         path = "-" if r["modes"] is None else f"{r['modes']['selection']}/{r['modes']['teacher']}"
-        lines.append(f"{r['mode']:<10} {r['runner']:<{w}} {path:<13} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
-                     f"{f(r['step_ratio_kd'], '7.3f')} {r['flop_ratio_paper']:7.3f} {r['flop_ratio_measured']:8.3f} "
-                     f"{r['teacher_images_per_step']:7.0f} {f(r['median_data_wait_ms'], '9.2f')} "
-                     f"{f(r['mfu'], '6.1%')}")
+        lines.append(
+            f"{r['mode']:<10} {r['runner']:<{w}} {path:<13} {r['img_per_s']:8.0f} {r['median_step_ms']:8.2f} "
+            f"{f(r['step_ratio_kd'], '7.3f')} {r['flop_ratio_paper']:7.3f} {r['flop_ratio_measured']:8.3f} "
+            f"{r['teacher_images_per_step']:7.0f} {f(r['median_data_wait_ms'], '9.2f')} "
+            f"{f(r['mfu'], '6.1%')}"
+        )
     args = result["args"]
     for d in result["data_alone"]:
         per_epoch = d.get("batches_per_epoch")
-        restarts = (f" (epoch restarts inside the timing: {per_epoch} batches per epoch)"
-                    if per_epoch and args["warmup"] + args["steps"] > per_epoch else "")
+        restarts = (
+            f" (epoch restarts inside the timing: {per_epoch} batches per epoch)"
+            if per_epoch and args["warmup"] + args["steps"] > per_epoch
+            else ""
+        )
         lines.append(f"{'pipeline':<10} data alone: {d['img_per_s']:8.0f} img/s  {d['loader']}{restarts}")
     lines += format_micro(result)
-    fallbacks = [f"{r['mode']} {r['runner']}: {v}" for r in result["rows"] for v in [r["eager_fallbacks"]]
-                 if v and any(v.values())]
+    fallbacks = [
+        f"{r['mode']} {r['runner']}: {v}"
+        for r in result["rows"]
+        for v in [r["eager_fallbacks"]]
+        if v and any(v.values())
+    ]
     if fallbacks:
         lines.append("WARNING: fused runners that ran some calls eagerly: " + "; ".join(fallbacks))
     env = result["environment"]
-    lines.append(f"{env['device']} | torch {env['versions']['torch']} | commit {env['git_commit']} | "
-                 f"teacher weights: {result['teacher_weights']} | MFU peak: {result['peak']['basis']}")
+    lines.append(
+        f"{env['device']} | torch {env['versions']['torch']} | commit {env['git_commit']} | "
+        f"teacher weights: {result['teacher_weights']} | MFU peak: {result['peak']['basis']}"
+    )
     student = {r["modes"]["student"] for r in result["rows"] if r["modes"]}
     if student - {"eager"}:
         lines.append("student: compiled (train.compile_student) on the fused rows")

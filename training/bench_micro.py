@@ -61,8 +61,9 @@ def interleaved(calls: dict[str, Callable[[], object]], steps: int, warmup: int,
     return {name: [ms[j] for j in js] for name, js in regions.items()}
 
 
-def selection_micro(accelerator, scorer, images: Tensor, labels: Tensor, unix, ledger, peak: dict, *,
-                    steps: int, warmup: int) -> dict:
+def selection_micro(
+    accelerator, scorer, images: Tensor, labels: Tensor, unix, ledger, peak: dict, *, steps: int, warmup: int
+) -> dict:
     """P2 on the resident batch: (a) student forward, (b) eager UNIX select, (c) fused UNIX select.
 
     `unix`: the UNIX selector as the run builds it (graphed where the run graphs it); (b) is its eager twin,
@@ -80,6 +81,7 @@ def selection_micro(accelerator, scorer, images: Tensor, labels: Tensor, unix, l
         def call():
             with accelerator.autocast():
                 selector.select(images, labels, scorer)
+
         return call
 
     calls = {"student_forward": forward, "unix_eager": select(eager)}
@@ -96,8 +98,10 @@ def selection_micro(accelerator, scorer, images: Tensor, labels: Tensor, unix, l
 
     return {
         "what": "(a) bare no-grad student forward on N images, eager, in the run's autocast and BN mode; "
-                "(b) eager UNIX select; (c) fused UNIX select (one CUDA graph replay). Same batch, interleaved",
-        "N": N, "k": resolve_k(unix.k, N), "score_mode": eager.score_mode,
+        "(b) eager UNIX select; (c) fused UNIX select (one CUDA graph replay). Same batch, interleaved",
+        "N": N,
+        "k": resolve_k(unix.k, N),
+        "score_mode": eager.score_mode,
         "fused_mode": fused.mode if fused is not None else None,
         "median_ms": med,
         "mfu": {name: mfu(forward_flops, t, peak) for name, t in med.items()},
@@ -108,8 +112,9 @@ def selection_micro(accelerator, scorer, images: Tensor, labels: Tensor, unix, l
     }
 
 
-def teacher_micro(accelerator, teacher, images: Tensor, k: int, modes: list[str], ledger, peak: dict, *,
-                  steps: int, warmup: int) -> dict:
+def teacher_micro(
+    accelerator, teacher, images: Tensor, k: int, modes: list[str], ledger, peak: dict, *, steps: int, warmup: int
+) -> dict:
     """The teacher's no-grad forward on k resident rows in each of `modes`, side by side.
 
     The first call of each mode (a capture, a compilation) is timed apart as `first_call_s`.
@@ -141,7 +146,8 @@ def teacher_micro(accelerator, teacher, images: Tensor, k: int, modes: list[str]
     eager = med.get("eager")
     return {
         "what": f"teacher forward on k = {k} resident rows, no grad, in the run's autocast, per mode",
-        "rows": k, "modes": modes,
+        "rows": k,
+        "modes": modes,
         "median_ms": med,
         "speedup_vs_eager": {mode: eager / t for mode, t in med.items()} if eager else None,
         "fastest": fastest,
@@ -158,16 +164,26 @@ def format_micro(result: dict) -> list[str]:
     p2 = result.get("p2")
     if p2:
         med = p2["median_ms"]
-        fused = ("-" if med["unix_fused"] is None else
-                 f"{med['unix_fused']:.2f} ms ({p2['fused_mode']}) = {p2['fused_over_forward']:.3f} x forward")
-        lines.append(f"selection (P2), N = {p2['N']}: student forward {med['student_forward']:.2f} ms | UNIX select "
-                     f"eager {med['unix_eager']:.2f} ms = {p2['eager_over_forward']:.3f} x forward | fused {fused}")
+        fused = (
+            "-"
+            if med["unix_fused"] is None
+            else f"{med['unix_fused']:.2f} ms ({p2['fused_mode']}) = {p2['fused_over_forward']:.3f} x forward"
+        )
+        lines.append(
+            f"selection (P2), N = {p2['N']}: student forward {med['student_forward']:.2f} ms | UNIX select "
+            f"eager {med['unix_eager']:.2f} ms = {p2['eager_over_forward']:.3f} x forward | fused {fused}"
+        )
     t = result.get("teacher_forward")
     if t:
         speedup = t["speedup_vs_eager"] or {}
-        parts = [f"{mode} {ms:.2f} ms" + (f" ({speedup[mode]:.2f}x eager's speed)" if mode in speedup else "")
-                 for mode, ms in t["median_ms"].items()]
+        parts = [
+            f"{mode} {ms:.2f} ms" + (f" ({speedup[mode]:.2f}x eager's speed)" if mode in speedup else "")
+            for mode, ms in t["median_ms"].items()
+        ]
         parts += [f"{mode} failed: {err.splitlines()[0][:80]}" for mode, err in t["errors"].items()]
-        lines.append(f"teacher forward, {t['rows']} rows: " + " | ".join(parts) +
-                     (f"; fastest: {t['fastest']}" if t["fastest"] else ""))
+        lines.append(
+            f"teacher forward, {t['rows']} rows: "
+            + " | ".join(parts)
+            + (f"; fastest: {t['fastest']}" if t["fastest"] else "")
+        )
     return lines

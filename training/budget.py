@@ -26,8 +26,10 @@ def backward_flops(convention: str, Fs: float, measured_Bs: float | None = None)
         return Fs
     if convention == "measured":
         if measured_Bs is None:
-            raise ValueError("selection.budget_convention=measured needs the student's measured backward FLOPs, "
-                             "but none was given; use selection.budget_convention=paper")
+            raise ValueError(
+                "selection.budget_convention=measured needs the student's measured backward FLOPs, "
+                "but none was given; use selection.budget_convention=paper"
+            )
         return float(measured_Bs)
     raise ValueError(f"selection.budget_convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
 
@@ -42,35 +44,44 @@ def cost_fraction(k: int, *, N: int, Ft: float, Fs: float, Bs: float, scores_bat
     return k / N + scoring_share(Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores_batch)
 
 
-def k_for_budget(budget: float, *, N: int, Ft: float, Fs: float, Bs: float, scores_batch: bool,
-                 method: str = "this method") -> int:
+def k_for_budget(
+    budget: float, *, N: int, Ft: float, Fs: float, Bs: float, scores_batch: bool, method: str = "this method"
+) -> int:
     """The largest k in [1, N] whose cost is at most `budget` of KD's; one-line ValueError if none is."""
     if not budget > 0:
         raise ValueError(f"selection.budget={budget!r} must be > 0 (a share of conventional KD's FLOPs)")
     sigma = scoring_share(Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores_batch)
     if budget <= sigma:
-        raise ValueError(f"selection.budget={budget:g} is at or below what {method}'s scoring pass alone costs "
-                         f"({sigma:.4f} of KD); the smallest budget that leaves one image of N={N} for the "
-                         f"teacher is {sigma + 1 / N:.4f}")
+        raise ValueError(
+            f"selection.budget={budget:g} is at or below what {method}'s scoring pass alone costs "
+            f"({sigma:.4f} of KD); the smallest budget that leaves one image of N={N} for the "
+            f"teacher is {sigma + 1 / N:.4f}"
+        )
     k = math.floor(N * (budget - sigma) + 1e-9)  # the epsilon absorbs float error in an exact product
     if k < 1:
-        raise ValueError(f"selection.budget={budget:g} leaves no image of N={N} for the teacher after {method}'s "
-                         f"scoring pass ({sigma:.4f} of KD); the smallest budget here is {sigma + 1 / N:.4f}")
+        raise ValueError(
+            f"selection.budget={budget:g} leaves no image of N={N} for the teacher after {method}'s "
+            f"scoring pass ({sigma:.4f} of KD); the smallest budget here is {sigma + 1 / N:.4f}"
+        )
     return min(k, N)
 
 
-def describe(budget: float, k: int, *, N: int, Ft: float, Fs: float, Bs: float, scores_batch: bool,
-             convention: str) -> str:
+def describe(
+    budget: float, k: int, *, N: int, Ft: float, Fs: float, Bs: float, scores_batch: bool, convention: str
+) -> str:
     """The line the trainer prints: the chosen k and what it costs."""
     spent = cost_fraction(k, N=N, Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores_batch)
     ratio = f"F_t/F_s = {Ft / Fs:.2f}, " if Fs > 0 else ""
     capped = " (capped at N)" if k == N and spent < budget - 1 / N else ""
-    return (f"budget {budget:g} of KD ({convention} convention, {ratio}B_s/F_s = {Bs / Fs:.2f}): "
-            f"k = {k} of N = {N}{capped}, cost {spent:.4f} of KD")
+    return (
+        f"budget {budget:g} of KD ({convention} convention, {ratio}B_s/F_s = {Bs / Fs:.2f}): "
+        f"k = {k} of N = {N}{capped}, cost {spent:.4f} of KD"
+    )
 
 
-def budget_k(method: str, budget: float, convention: str, *, N: int, Ft: float, Fs: float,
-             measured_Bs: float | None = None) -> tuple[int, str]:
+def budget_k(
+    method: str, budget: float, convention: str, *, N: int, Ft: float, Fs: float, measured_Bs: float | None = None
+) -> tuple[int, str]:
     """The k for `method` under `budget`, and the line to print. `measured_Bs`: the student's measured
     backward FLOPs per image, needed by the `measured` convention only."""
     from selection import SELECTORS

@@ -77,9 +77,11 @@ def save_checkpoint(accelerator, out_dir: str | Path, step: int, trainer_state: 
     except OSError as e:
         on_main(accelerator, lambda: shutil.rmtree(tmp, ignore_errors=True))
         previous = latest_checkpoint(out_dir)
-        raise CheckpointWriteError(f"checkpoint step-{step} could not be written to {root} "
-                                   f"({e.strerror or e}); the previous checkpoint is intact: "
-                                   f"{previous or 'none'}") from None
+        raise CheckpointWriteError(
+            f"checkpoint step-{step} could not be written to {root} "
+            f"({e.strerror or e}); the previous checkpoint is intact: "
+            f"{previous or 'none'}"
+        ) from None
     return final
 
 
@@ -95,8 +97,7 @@ def _gather_errors(accelerator, error: OSError | None) -> list[OSError]:
 def _publish(tmp: Path, final: Path, out_dir, keep: int) -> None:
     """Main process: manifest, rename into place, then prune the oldest beyond `keep`."""
     files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                          for p in files}}
+    manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
     atomic_write_json(tmp / MANIFEST, manifest, indent=1)
     if final.exists():  # the same step saved twice (e.g. epoch end == checkpoint_every): ours, replaced
         shutil.rmtree(final)
@@ -170,8 +171,7 @@ def checkpoint_problem(ckpt: Path, world_size: int | None = None) -> str | None:
 def load_trainer_state(ckpt: Path, process_index: int) -> dict:
     path = ckpt / f"trainer_state_{process_index}.json"
     if not path.is_file():
-        raise UserError(f"checkpoint {ckpt} has no state for process {process_index} "
-                         "(saved with fewer processes?)")
+        raise UserError(f"checkpoint {ckpt} has no state for process {process_index} (saved with fewer processes?)")
     return json.loads(path.read_text())
 
 
@@ -189,8 +189,10 @@ def find_resume(resume: str, out_dir: str | Path, world_size: int) -> tuple[Path
             raise UserError(f"resume={resume}: no such checkpoint folder")
         run = path if list_checkpoints(path) else path.parent if list_checkpoints(path.parent) else None
         if run is not None and (run == path or path.name == "checkpoints"):  # a run's folder, or its checkpoints/
-            raise UserError(f"resume={resume}: a run's folder, not one checkpoint; use resume=auto with "
-                             f"out_dir={run}, or name one of its checkpoints/step-N folders")
+            raise UserError(
+                f"resume={resume}: a run's folder, not one checkpoint; use resume=auto with "
+                f"out_dir={run}, or name one of its checkpoints/step-N folders"
+            )
         problem = checkpoint_problem(path, world_size)
         if problem:
             raise UserError(f"resume={resume}: cannot resume from this checkpoint: {problem}")

@@ -186,8 +186,18 @@ CHOICES = {
     "data.val_interpolation": ("auto", "bilinear", "bicubic"),
     "data.val_crop_mode": ("auto", "center", "squash"),
     "model.teacher_weights": ("auto", "ema", "plain"),
-    "selection.method": ("none", "kd", "random", "unix", "uncertainty", "mixup", "nonadaptive", "tlmixup",
-                         "tlcutmix", "tlcutmix_pick"),
+    "selection.method": (
+        "none",
+        "kd",
+        "random",
+        "unix",
+        "uncertainty",
+        "mixup",
+        "nonadaptive",
+        "tlmixup",
+        "tlcutmix",
+        "tlcutmix_pick",
+    ),
     "selection.criterion": ("entropy", "confidence", "margin"),
     "selection.score_mode": ("train", "eval"),
     "selection.pick_criterion": ("kl", "teacher_entropy", "student_entropy"),
@@ -339,7 +349,12 @@ def _coerce(value, tp, key: str):
             return value
     elif tp is float:
         number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            or isinstance(value, str)
+            and _EXP_FLOAT.fullmatch(value.strip())
+        ):
             number = float(value)
         if number is not None:
             if not math.isfinite(number):  # .inf, .nan, 1e999: nothing trains with them
@@ -375,32 +390,58 @@ def validate(cfg: Config) -> None:
     need(d.val_batch_size >= 0, "data.val_batch_size", ">= 0 (0: same as data.batch_size)", d.val_batch_size)
     need(d.num_threads >= 1, "data.num_threads", ">= 1", d.num_threads)
     need(0.0 <= d.hw_decoder_load <= 1.0, "data.hw_decoder_load", "in [0, 1]", d.hw_decoder_load)
-    need(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale",
-         "[min, max] with 0 < min <= max <= 1", d.crop_scale)
-    need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
-         "[min, max] with 0 < min <= max", d.crop_ratio)
-    need(d.val_resize_ratio == "auto" or (isinstance(d.val_resize_ratio, float) and 0 < d.val_resize_ratio <= 1),
-         "data.val_resize_ratio", "auto or a number in (0, 1]", d.val_resize_ratio)
+    need(
+        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        "data.crop_scale",
+        "[min, max] with 0 < min <= max <= 1",
+        d.crop_scale,
+    )
+    need(
+        len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+        "data.crop_ratio",
+        "[min, max] with 0 < min <= max",
+        d.crop_ratio,
+    )
+    need(
+        d.val_resize_ratio == "auto" or (isinstance(d.val_resize_ratio, float) and 0 < d.val_resize_ratio <= 1),
+        "data.val_resize_ratio",
+        "auto or a number in (0, 1]",
+        d.val_resize_ratio,
+    )
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
-        need(values == "auto" or (isinstance(values, list) and len(values) == 3), key,
-             "auto or three numbers (R, G, B in 0..1 units)", values)
+        need(
+            values == "auto" or (isinstance(values, list) and len(values) == 3),
+            key,
+            "auto or three numbers (R, G, B in 0..1 units)",
+            values,
+        )
     need(d.std == "auto" or all(v > 0 for v in d.std), "data.std", "auto or three numbers > 0", d.std)
     if d.output_dtype == "float16" and cfg.mixed_precision == "no":  # fp16 inputs to fp32 weights fail at layer 1
         raise ConfigError("data.output_dtype=float16 needs mixed_precision bf16 or fp16")
     if t.compile_student != "none" and cfg.loss.feature != "none":  # AT/SP hook the student's layers each step
-        raise ConfigError(f"train.compile_student={t.compile_student} cannot expose the student's layers that "
-                          f"loss.feature={cfg.loss.feature} reads; use train.compile_student=none")
+        raise ConfigError(
+            f"train.compile_student={t.compile_student} cannot expose the student's layers that "
+            f"loss.feature={cfg.loss.feature} reads; use train.compile_student=none"
+        )
     need(d.crop_padding >= 0, "data.crop_padding", ">= 0", d.crop_padding)
     native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}.get(d.dataset)
-    need(native is None or d.image_size == native, "data.image_size", f"{native} for data.dataset={d.dataset}",
-         d.image_size)
+    need(
+        native is None or d.image_size == native,
+        "data.image_size",
+        f"{native} for data.dataset={d.dataset}",
+        d.image_size,
+    )
 
     need(bool(m.student), "model.student", "a timm model name or tv/<torchvision name>", m.student)
-    need(s.method == "none" or bool(m.teacher), "model.teacher", "a timm model name or tv/<torchvision name>",
-         m.teacher)
-    need(s.method == "none" or bool(m.teacher_checkpoint) or m.pretrained_teacher, "model.teacher_checkpoint",
-         "a local weights file (or model.pretrained_teacher=true): a random teacher teaches nothing",
-         m.teacher_checkpoint)
+    need(
+        s.method == "none" or bool(m.teacher), "model.teacher", "a timm model name or tv/<torchvision name>", m.teacher
+    )
+    need(
+        s.method == "none" or bool(m.teacher_checkpoint) or m.pretrained_teacher,
+        "model.teacher_checkpoint",
+        "a local weights file (or model.pretrained_teacher=true): a random teacher teaches nothing",
+        m.teacher_checkpoint,
+    )
     need(m.num_classes >= 0, "model.num_classes", ">= 0 (0: from the dataset)", m.num_classes)
 
     if s.budget is not None:
@@ -408,8 +449,12 @@ def validate(cfg: Config) -> None:
     elif isinstance(s.k, float):
         need(0 < s.k <= 1, "selection.k", "a count in [1, data.batch_size] or a fraction in (0, 1]", s.k)
     else:
-        need(1 <= s.k <= d.batch_size, "selection.k",
-             f"a count in [1, data.batch_size={d.batch_size}] or a fraction in (0, 1]", s.k)
+        need(
+            1 <= s.k <= d.batch_size,
+            "selection.k",
+            f"a count in [1, data.batch_size={d.batch_size}] or a fraction in (0, 1]",
+            s.k,
+        )
     need(s.alpha > 0, "selection.alpha", "> 0", s.alpha)
     need(s.w > 0, "selection.w", "> 0", s.w)
     if isinstance(s.b, float):
@@ -420,27 +465,51 @@ def validate(cfg: Config) -> None:
     need(0 <= s.tl_alpha <= 1, "selection.tl_alpha", "in [0, 1]", s.tl_alpha)
     need(s.pool >= 2, "selection.pool", ">= 2 (CutMix views per image)", s.pool)
     if isinstance(s.n_pick, float):
-        need(0 < s.n_pick <= s.pool, "selection.n_pick", f"a count >= 1 or a fraction of N in (0, pool={s.pool}]",
-             s.n_pick)
+        need(
+            0 < s.n_pick <= s.pool,
+            "selection.n_pick",
+            f"a count >= 1 or a fraction of N in (0, pool={s.pool}]",
+            s.n_pick,
+        )
     else:
-        need(1 <= s.n_pick <= s.pool * d.batch_size, "selection.n_pick",
-             f"a count in [1, pool·N = {s.pool * d.batch_size}] or a fraction of N", s.n_pick)
+        need(
+            1 <= s.n_pick <= s.pool * d.batch_size,
+            "selection.n_pick",
+            f"a count in [1, pool·N = {s.pool * d.batch_size}] or a fraction of N",
+            s.n_pick,
+        )
     if s.budget is not None:
         need(s.budget > 0, "selection.budget", "> 0 (a share of conventional KD's FLOPs) or null", s.budget)
-        need(s.method in BUDGET_METHODS, "selection.method",
-             "one of " + ", ".join(BUDGET_METHODS) + " with selection.budget (methods that keep k rows)", s.method)
+        need(
+            s.method in BUDGET_METHODS,
+            "selection.method",
+            "one of " + ", ".join(BUDGET_METHODS) + " with selection.budget (methods that keep k rows)",
+            s.method,
+        )
 
     need(cfg.loss.temperature > 0, "loss.temperature", "> 0", cfg.loss.temperature)
     need(cfg.loss.at_weight >= 0, "loss.at_weight", ">= 0", cfg.loss.at_weight)
     need(cfg.loss.sp_weight >= 0, "loss.sp_weight", ">= 0", cfg.loss.sp_weight)
-    need(cfg.loss.feature == "none" or s.method != "none", "loss.feature", "none when selection.method=none",
-         cfg.loss.feature)
+    need(
+        cfg.loss.feature == "none" or s.method != "none",
+        "loss.feature",
+        "none when selection.method=none",
+        cfg.loss.feature,
+    )
     need(cfg.loss.kd_weight >= 0, "loss.kd_weight", ">= 0", cfg.loss.kd_weight)
     need(cfg.loss.ce_weight >= 0, "loss.ce_weight", ">= 0", cfg.loss.ce_weight)
-    need(s.method in ("none", *TL_METHODS) or cfg.loss.kd_weight + cfg.loss.ce_weight > 0, "loss.kd_weight",
-         "> 0 (or loss.ce_weight > 0)", cfg.loss.kd_weight)
-    need(s.method != "none" or cfg.loss.ce_weight > 0, "loss.ce_weight",
-         "> 0 when selection.method=none (plain CE training)", cfg.loss.ce_weight)
+    need(
+        s.method in ("none", *TL_METHODS) or cfg.loss.kd_weight + cfg.loss.ce_weight > 0,
+        "loss.kd_weight",
+        "> 0 (or loss.ce_weight > 0)",
+        cfg.loss.kd_weight,
+    )
+    need(
+        s.method != "none" or cfg.loss.ce_weight > 0,
+        "loss.ce_weight",
+        "> 0 when selection.method=none (plain CE training)",
+        cfg.loss.ce_weight,
+    )
 
     need(o.lr > 0, "optim.lr", "> 0", o.lr)
     need(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
@@ -448,8 +517,12 @@ def validate(cfg: Config) -> None:
     need(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
     need(0 < o.gamma <= 1, "optim.gamma", "in (0, 1]", o.gamma)
     need(o.warmup_epochs >= 0, "optim.warmup_epochs", ">= 0", o.warmup_epochs)
-    need(all(x > 0 for x in o.milestones) and o.milestones == sorted(o.milestones), "optim.milestones",
-         "increasing positive epochs", o.milestones)
+    need(
+        all(x > 0 for x in o.milestones) and o.milestones == sorted(o.milestones),
+        "optim.milestones",
+        "increasing positive epochs",
+        o.milestones,
+    )
 
     need(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     need(t.max_steps >= 0, "train.max_steps", ">= 0 (0: no limit)", t.max_steps)
@@ -462,14 +535,25 @@ def validate(cfg: Config) -> None:
     need(cfg.teacher_train.lr > 0, "teacher_train.lr", "> 0", cfg.teacher_train.lr)
     need(bool(cfg.out_dir), "out_dir", "a folder path", cfg.out_dir)
     need(bool(cfg.resume), "resume", "auto, none or a checkpoint folder", cfg.resume)
-    need(not cfg.overwrite or cfg.resume == "none", "overwrite",
-         f"false with resume={cfg.resume} (overwrite=true starts a new run and moves the old one aside)",
-         cfg.overwrite)
+    need(
+        not cfg.overwrite or cfg.resume == "none",
+        "overwrite",
+        f"false with resume={cfg.resume} (overwrite=true starts a new run and moves the old one aside)",
+        cfg.overwrite,
+    )
     need(t.step_timeout_min > 0, "train.step_timeout_min", "> 0 (minutes)", t.step_timeout_min)
-    need(t.setup_timeout_min >= t.step_timeout_min, "train.setup_timeout_min",
-         f">= train.step_timeout_min={t.step_timeout_min}", t.setup_timeout_min)
-    need(bool(t.tracker_project.strip()) and "/" not in t.tracker_project, "train.tracker_project",
-         "a name (no '/')", t.tracker_project)
+    need(
+        t.setup_timeout_min >= t.step_timeout_min,
+        "train.setup_timeout_min",
+        f">= train.step_timeout_min={t.step_timeout_min}",
+        t.setup_timeout_min,
+    )
+    need(
+        bool(t.tracker_project.strip()) and "/" not in t.tracker_project,
+        "train.tracker_project",
+        "a name (no '/')",
+        t.tracker_project,
+    )
     if t.log_with not in ("none", "", []):
         from .trackers import parse
 

@@ -34,8 +34,21 @@ CONVENTIONS = ("paper", "measured")
 # counting
 
 
-def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                       _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+def conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """FLOPs of aten.convolution_backward, grouped convolutions included.
 
     grad_input: a (transposed) convolution of grad_out with the same weight, as costly as the forward; torch's
@@ -142,8 +155,10 @@ def unix_k_for_budget(budget: float, N: int, ft_over_fs: float, bs_over_fs: floa
     overhead = 1.0 / (ft_over_fs + 1.0 + bs_over_fs)  # the scoring forward on all N
     k = min(N, math.floor(N * (budget - overhead) + 1e-9))
     if k < 1:
-        raise ValueError(f"budget={budget}: UNIX's scoring forward alone costs {overhead:.4f} of KD, and one "
-                         f"teacher image {1 / N:.4f} more; no k in [1, {N}] fits")
+        raise ValueError(
+            f"budget={budget}: UNIX's scoring forward alone costs {overhead:.4f} of KD, and one "
+            f"teacher image {1 / N:.4f} more; no k in [1, {N}] fits"
+        )
     return k
 
 
@@ -193,10 +208,15 @@ class CostLedger:
 
     def metrics(self) -> dict:
         """The ledger's fields for metrics.jsonl: both conventions' cost fractions and cumulative FLOPs."""
-        return {"teacher_images": self.teacher_images, "student_fwd_images": self.student_fwd_images,
-                "student_bwd_images": self.student_bwd_images,
-                "cost_fraction": self.cost_fraction("paper"), "cost_fraction_measured": self.cost_fraction("measured"),
-                "flops_paper": self.flops("paper"), "flops_measured": self.flops("measured")}
+        return {
+            "teacher_images": self.teacher_images,
+            "student_fwd_images": self.student_fwd_images,
+            "student_bwd_images": self.student_bwd_images,
+            "cost_fraction": self.cost_fraction("paper"),
+            "cost_fraction_measured": self.cost_fraction("measured"),
+            "flops_paper": self.flops("paper"),
+            "flops_measured": self.flops("measured"),
+        }
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -22,9 +22,19 @@ def parse_k(text: str, N: int) -> int:
         raise ValueError(f"--k {text}: {e}") from None
 
 
-def cost_report(*, teacher: str | None, student: str | None, image_size: int = 224, N: int = 256, k: str = "0.75",
-                num_classes: int = 1000, convention: str = "paper", ft_over_fs: float | None = None,
-                bs_over_fs: float | None = None, budget: float | None = None) -> dict:
+def cost_report(
+    *,
+    teacher: str | None,
+    student: str | None,
+    image_size: int = 224,
+    N: int = 256,
+    k: str = "0.75",
+    num_classes: int = 1000,
+    convention: str = "paper",
+    ft_over_fs: float | None = None,
+    bs_over_fs: float | None = None,
+    budget: float | None = None,
+) -> dict:
     """F_t, F_s, B_s (FLOPs per image; None when only a ratio is given) and each method's cost as a fraction of KD.
 
     `Bs` is the student backward under the chosen convention (paper: = F_s); `Bs_measured` the counted one.
@@ -53,8 +63,13 @@ def cost_report(*, teacher: str | None, student: str | None, image_size: int = 2
         "teacher": teacher if ft_over_fs is None else None,
         "student": student if ft_over_fs is None else None,
         "image_size": image_size if ft_over_fs is None else None,
-        "N": N, "k": kk, "convention": convention,
-        "Ft": Ft, "Fs": Fs, "Bs": None if Fs is None else Fs * bs_ratio, "Bs_measured": Bs_measured,
+        "N": N,
+        "k": kk,
+        "convention": convention,
+        "Ft": Ft,
+        "Fs": Fs,
+        "Bs": None if Fs is None else Fs * bs_ratio,
+        "Bs_measured": Bs_measured,
         "units": "FLOPs per image (a multiply-add = 2), torch FlopCounterMode with the grouped-conv backward fix",
         "ft_over_fs": ratio,
         "bs_over_fs": bs_ratio,
@@ -74,8 +89,10 @@ def format_cost(r: dict) -> str:
     lines = []
     if r["Ft"] is not None:
         lines.append(f"teacher {r['teacher']} -> student {r['student']} at {r['image_size']} px (GFLOPs per image)")
-        lines.append(f"  F_t {r['Ft'] / 1e9:.4f}   F_s {r['Fs'] / 1e9:.4f}   B_s {r['Bs_measured'] / 1e9:.4f} measured "
-                     f"({r['Bs_measured'] / r['Fs']:.2f} x F_s)")
+        lines.append(
+            f"  F_t {r['Ft'] / 1e9:.4f}   F_s {r['Fs'] / 1e9:.4f}   B_s {r['Bs_measured'] / 1e9:.4f} measured "
+            f"({r['Bs_measured'] / r['Fs']:.2f} x F_s)"
+        )
     lines.append(f"  F_t/F_s {r['ft_over_fs']:.2f}")
     name = {"paper": "paper, B_s = F_s", "measured": f"measured, B_s = {r['bs_over_fs']:.2f} x F_s"}[r["convention"]]
     lines.append(f"per-step cost, N = {r['N']}, k = {r['k']}, as a fraction of KD ({name}):")
@@ -83,7 +100,8 @@ def format_cost(r: dict) -> str:
     lines.append(f"  Random  {r['ratio_random']:.4f}")
     lines.append(f"  UNIX    {r['ratio_unix']:.4f}")
     if "budget" in r:
-        lines.append(f"budget {r['budget']}: UNIX k = {r['k_unix_for_budget']} ({r['ratio_unix_at_budget_k']:.4f} "
-                     f"of KD), Random k = {r['k_random_for_budget']}")
+        lines.append(
+            f"budget {r['budget']}: UNIX k = {r['k_unix_for_budget']} ({r['ratio_unix_at_budget_k']:.4f} "
+            f"of KD), Random k = {r['k_random_for_budget']}"
+        )
     return "\n".join(lines)
-

@@ -75,8 +75,10 @@ def build_data(cfg: Config, accelerator) -> Data:
     val_index: FolderIndex = scan(root, "val")
     mismatch = compare_classes(train_index.classes, val_index.classes)
     if mismatch:
-        raise UserError(f"data.root={root}: {mismatch}; labels are positions in the sorted class list, so both "
-                         "splits need the same class folders")
+        raise UserError(
+            f"data.root={root}: {mismatch}; labels are positions in the sorted class list, so both "
+            "splits need the same class folders"
+        )
     if cfg.data.file_list:
         keep = matched_file_list(cfg.data.file_list, Path(root), train_index.files + val_index.files)
         train_index, val_index = restrict(train_index, keep), restrict(val_index, keep)
@@ -105,8 +107,15 @@ def build_data(cfg: Config, accelerator) -> Data:
         **preprocess.loader_kwargs(),
         **output_format(cfg, accelerator),
     )
-    train = DaliLoader(train_index, train=True, batch_size=d.batch_size, crop_scale=tuple(d.crop_scale),
-                       crop_ratio=tuple(d.crop_ratio), hflip=d.hflip, **common)
+    train = DaliLoader(
+        train_index,
+        train=True,
+        batch_size=d.batch_size,
+        crop_scale=tuple(d.crop_scale),
+        crop_ratio=tuple(d.crop_ratio),
+        hflip=d.hflip,
+        **common,
+    )
     val = DaliLoader(val_index, train=False, batch_size=d.val_batch_size or d.batch_size, **common)
     return Data(train=train, val=val, classes=train_index.classes, root=Path(root), preprocess=preprocess)
 
@@ -136,7 +145,7 @@ def read_file_list(path: str, root: Path) -> dict[str, str]:
         rel = os.path.normpath(rel)
         if os.path.isabs(rel):
             under = next((pre for pre in prefixes if rel.startswith(pre)), None)
-            rel = rel[len(under):] if under else rel
+            rel = rel[len(under) :] if under else rel
         out[os.path.join(resolved, rel)] = line
     return out
 
@@ -152,14 +161,18 @@ def matched_file_list(path: str, root: Path, indexed: list[str]) -> set[str]:
     rerun = f"`python launch.py scan {root} --write-clean-list {path}`"
     if not keep:
         first = next(iter(listed.values()))
-        raise UserError(f"data.file_list={path}: none of its {len(listed)} lines is an image in train/ or val/ of "
-                         f"data.root={root} (first line: {first!r}); the paths are relative to data.root, as {rerun} "
-                         "writes them")
+        raise UserError(
+            f"data.file_list={path}: none of its {len(listed)} lines is an image in train/ or val/ of "
+            f"data.root={root} (first line: {first!r}); the paths are relative to data.root, as {rerun} "
+            "writes them"
+        )
     missing = [line for f, line in listed.items() if f not in known and not os.path.exists(f)]
     if missing:
-        raise UserError(f"data.file_list={path}: {len(missing)} of its {len(listed)} lines name files that do not "
-                         f"exist under data.root={root} (first: {missing[0]!r}); the folder changed since the list "
-                         f"was written: rerun {rerun}")
+        raise UserError(
+            f"data.file_list={path}: {len(missing)} of its {len(listed)} lines name files that do not "
+            f"exist under data.root={root} (first: {missing[0]!r}); the folder changed since the list "
+            f"was written: rerun {rerun}"
+        )
     return keep
 
 
@@ -170,8 +183,10 @@ def warn_empty_classes(train: FolderIndex, main: bool) -> None:
         counts[label] += 1
     empty = [name for name, n in zip(train.classes, counts) if n == 0]
     if empty and main:
-        print(f"data: {len(empty)} of {len(train.classes)} classes have no train images left after data.file_list / "
-              f"data.skip_bad_files ({names(empty)}); the model still has an output for each")
+        print(
+            f"data: {len(empty)} of {len(train.classes)} classes have no train images left after data.file_list / "
+            f"data.skip_bad_files ({names(empty)}); the model still has an output for each"
+        )
 
 
 def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accelerator):
@@ -184,12 +199,15 @@ def checked(train: FolderIndex, val: FolderIndex, cfg: Config, root: Path, accel
     bad = on_main(accelerator, lambda: preflight(train.files + val.files))
     if not bad:
         return train, val
-    shown = "; ".join(f"{Path(b.path).relative_to(root) if b.path.startswith(str(root)) else b.path}: {b.problem}"
-                      for b in bad[:3])
+    shown = "; ".join(
+        f"{Path(b.path).relative_to(root) if b.path.startswith(str(root)) else b.path}: {b.problem}" for b in bad[:3]
+    )
     if not cfg.data.skip_bad_files:
-        raise UserError(f"data.root={root}: {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''}); "
-                         f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with "
-                         "data.file_list=clean.txt, or set data.skip_bad_files=true")
+        raise UserError(
+            f"data.root={root}: {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''}); "
+            f"run `python launch.py scan {root} --write-clean-list clean.txt` and train with "
+            "data.file_list=clean.txt, or set data.skip_bad_files=true"
+        )
     if accelerator.is_main_process:
         print(f"pre-flight: skipping {len(bad)} bad file(s) ({shown}{'; ...' if len(bad) > 3 else ''})")
     drop = {b.path for b in bad}
@@ -202,13 +220,24 @@ def build_cifar_data(cfg: Config, accelerator, root: Path) -> Data:
     train_arrays, test_arrays = read_cifar(root, d.dataset, "train"), read_cifar(root, d.dataset, "test")
     preprocess = resolve_preprocess(cfg)  # CIFAR's own mean/std unless data.mean/data.std are set
     mean, std = preprocess.mean, preprocess.std
-    common = dict(num_shards=accelerator.num_processes, shard_id=accelerator.process_index, seed=cfg.seed,
-                  pad=d.crop_padding, hflip=d.hflip, mean=mean, std=std, target_device=accelerator.device,
-                  **output_format(cfg, accelerator))
+    common = dict(
+        num_shards=accelerator.num_processes,
+        shard_id=accelerator.process_index,
+        seed=cfg.seed,
+        pad=d.crop_padding,
+        hflip=d.hflip,
+        mean=mean,
+        std=std,
+        target_device=accelerator.device,
+        **output_format(cfg, accelerator),
+    )
     if d.cifar_loader == "dali":
         loader = ArrayDaliLoader
-        common.update(device=d.dali_device, num_threads=d.num_threads,
-                      device_id=accelerator.local_process_index if accelerator.device.type == "cuda" else None)
+        common.update(
+            device=d.dali_device,
+            num_threads=d.num_threads,
+            device_id=accelerator.local_process_index if accelerator.device.type == "cuda" else None,
+        )
     else:
         loader = TensorLoader
     train = loader(train_arrays, train=True, batch_size=d.batch_size, **common)

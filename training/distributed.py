@@ -44,8 +44,9 @@ def make_accelerator(cfg, run: bool = False) -> Accelerator:
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.step_timeout_min))
     names = trackers.resolve(cfg) if run else []  # before anything is made: a missing package is one line
     logging = {"log_with": names, "project_config": trackers.project_config(cfg)} if names else {}
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              kwargs_handlers=[timeout], **logging)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=[timeout], **logging
+    )
     trackers.check_made(accelerator, names)
     accelerator.long_timeout_min = cfg.train.setup_timeout_min  # read by wait_long / on_main
     if accelerator.num_processes > 1:

@@ -27,13 +27,13 @@ def evaluate(model, loader, accelerator, num_classes: int | None = None) -> dict
         counts[1] += hit.any(dim=1).sum()
         counts[2] += labels.numel()
         if C:  # index_add_: bincount and a boolean mask would each read back to the host, every batch on CUDA
-            counts[3:3 + C].index_add_(0, labels, hit[:, 0].to(counts.dtype))
-            counts[3 + C:].index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+            counts[3 : 3 + C].index_add_(0, labels, hit[:, 0].to(counts.dtype))
+            counts[3 + C :].index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
     model.train(was_training)
     counts = accelerator.reduce(counts, reduction="sum").tolist()  # sync: once per evaluation
     c1, c5, n = counts[:3]
     result = {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "val_images": int(n)}
     if C:
-        result["per_class_correct"] = [int(v) for v in counts[3:3 + C]]
-        result["per_class_total"] = [int(v) for v in counts[3 + C:]]
+        result["per_class_correct"] = [int(v) for v in counts[3 : 3 + C]]
+        result["per_class_total"] = [int(v) for v in counts[3 + C :]]
     return result

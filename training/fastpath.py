@@ -28,11 +28,10 @@ TEACHER_MODES = ("eager", "graph", "static", "compile")  # static: the graph's b
 
 
 def selection_graph_mode(cfg: Config, device: torch.device) -> str | None:
-    """"graph" when the selection is to be captured, None for eager (train.cuda_graph)."""
+    """ "graph" when the selection is to be captured, None for eager (train.cuda_graph)."""
     value = cfg.train.cuda_graph
     if value == "on" and device.type != "cuda":
-        raise ConfigError("train.cuda_graph=on needs a CUDA device; this run is on "
-                          f"{device.type} (use auto or off)")
+        raise ConfigError(f"train.cuda_graph=on needs a CUDA device; this run is on {device.type} (use auto or off)")
     return "graph" if value == "on" or (value == "auto" and device.type == "cuda") else None
 
 
@@ -42,11 +41,14 @@ def teacher_mode(cfg: Config, device: torch.device, has_features: bool) -> str:
     if value == "auto":
         return "graph" if device.type == "cuda" and not has_features else "eager"
     if value == "graph" and device.type != "cuda":
-        raise ConfigError(f"train.teacher_mode=graph needs a CUDA device; this run is on {device.type} "
-                          "(use auto, eager or compile)")
+        raise ConfigError(
+            f"train.teacher_mode=graph needs a CUDA device; this run is on {device.type} (use auto, eager or compile)"
+        )
     if value in ("graph", "compile") and has_features:
-        raise ConfigError(f"train.teacher_mode={value} cannot expose the teacher's layers that "
-                          f"loss.feature={cfg.loss.feature} reads; use teacher_mode=eager (or auto)")
+        raise ConfigError(
+            f"train.teacher_mode={value} cannot expose the teacher's layers that "
+            f"loss.feature={cfg.loss.feature} reads; use teacher_mode=eager (or auto)"
+        )
     return value
 
 
@@ -120,8 +122,14 @@ class TeacherForward:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp, cache_enabled=False):
                 return (self.teacher(rows),)
 
-        return StaticGraph(body, [x], device=device, capture=self.mode == "graph", warmup=self.warmup,
-                           preserve=list(self.teacher.buffers()))
+        return StaticGraph(
+            body,
+            [x],
+            device=device,
+            capture=self.mode == "graph",
+            warmup=self.warmup,
+            preserve=list(self.teacher.buffers()),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,8 +140,7 @@ def eager_selector(selector):
     """The eager reference of a graphed selector: plain UNIX with the same options, drawing from the same
     Generator (so the draws continue one stream). Any other selector is its own eager form."""
     if isinstance(selector, GraphedUnixSelector):
-        twin = UnixSelector(selector.k, selector.alpha, selector.w, selector.b, selector.criterion,
-                            selector.score_mode)
+        twin = UnixSelector(selector.k, selector.alpha, selector.w, selector.b, selector.criterion, selector.score_mode)
         twin.rng = selector.rng
         return twin
     return selector
@@ -153,6 +160,8 @@ def step_modes(step) -> dict[str, str]:
     """How each part of `step` runs: selection graph|static|eager, teacher graph|static|compile|eager,
     student compile|eager. What a result records beside its times, so no number is mislabelled."""
     selector, teacher = step.selector, step.teacher_call
-    return {"selection": selector.mode if isinstance(selector, GraphedUnixSelector) else "eager",
-            "teacher": teacher.mode if isinstance(teacher, TeacherForward) else "eager",
-            "student": "eager" if step.student_call is step.student else "compile"}
+    return {
+        "selection": selector.mode if isinstance(selector, GraphedUnixSelector) else "eager",
+        "teacher": teacher.mode if isinstance(teacher, TeacherForward) else "eager",
+        "student": "eager" if step.student_call is step.student else "compile",
+    }

@@ -33,8 +33,10 @@ FEATURE_LOSSES = ("none", "at", "sp")
 TV_STAGES = [
     (re.compile(r"^(resnet|resnext|wide_resnet)"), ["layer1", "layer2", "layer3", "layer4"]),
     (re.compile(r"^shufflenet_v2"), ["stage2", "stage3", "stage4"]),
-    (re.compile(r"^regnet"), ["trunk_output.block1", "trunk_output.block2", "trunk_output.block3",
-                              "trunk_output.block4"]),
+    (
+        re.compile(r"^regnet"),
+        ["trunk_output.block1", "trunk_output.block2", "trunk_output.block3", "trunk_output.block4"],
+    ),
 ]
 
 
@@ -51,18 +53,27 @@ def default_layers(name: str, model: nn.Module, count: int = 3) -> list[str]:
         for pattern, stages in TV_STAGES:
             if pattern.match(name[3:]):
                 return stages[-count:]
-        raise UserError(f"model '{name}': no default feature layers for this torchvision family; "
-                         "set loss.teacher_layers / loss.student_layers to module names")
+        raise UserError(
+            f"model '{name}': no default feature layers for this torchvision family; "
+            "set loss.teacher_layers / loss.student_layers to module names"
+        )
     info = getattr(model, "feature_info", None)
     if not info:
-        raise UserError(f"model '{name}' has no timm feature_info; set loss.teacher_layers / "
-                         "loss.student_layers to module names")
+        raise UserError(
+            f"model '{name}' has no timm feature_info; set loss.teacher_layers / loss.student_layers to module names"
+        )
     modules = [f["module"] for f in (info.info if hasattr(info, "info") else info)]
     return modules[-count:]
 
 
-def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, student: nn.Module,
-                   teacher_layers: list[str], student_layers: list[str]) -> tuple[list[str], list[str]]:
+def resolve_layers(
+    teacher_name: str,
+    teacher: nn.Module,
+    student_name: str,
+    student: nn.Module,
+    teacher_layers: list[str],
+    student_layers: list[str],
+) -> tuple[list[str], list[str]]:
     """The (teacher, student) layer lists: given ones or defaults; same count on both sides, names that exist.
 
     Both defaults with different counts (e.g. a 3-stage ResNet teacher, a 4-stage VGG student): the first
@@ -72,13 +83,17 @@ def resolve_layers(teacher_name: str, teacher: nn.Module, student_name: str, stu
     t = list(teacher_layers) or default_layers(teacher_name, teacher)
     s = list(student_layers) or default_layers(student_name, student)
     if not teacher_layers and not student_layers:
-        t, s = t[:len(s)], s[:len(t)]
+        t, s = t[: len(s)], s[: len(t)]
     if len(t) != len(s):
-        raise UserError(f"feature layers: teacher {teacher_name} has {len(t)} ({', '.join(t)}) but student "
-                         f"{student_name} has {len(s)} ({', '.join(s)}); set loss.teacher_layers and "
-                         "loss.student_layers to lists of the same length")
-    for key, name, model, layers in (("loss.teacher_layers", teacher_name, teacher, t),
-                                     ("loss.student_layers", student_name, student, s)):
+        raise UserError(
+            f"feature layers: teacher {teacher_name} has {len(t)} ({', '.join(t)}) but student "
+            f"{student_name} has {len(s)} ({', '.join(s)}); set loss.teacher_layers and "
+            "loss.student_layers to lists of the same length"
+        )
+    for key, name, model, layers in (
+        ("loss.teacher_layers", teacher_name, teacher, t),
+        ("loss.student_layers", student_name, student, s),
+    ):
         known = dict(model.named_modules())
         for layer in layers:
             if layer not in known or layer == "":
@@ -98,6 +113,7 @@ def capture(model: nn.Module, layers: list[str]):
     feats: list[Tensor | None] = [None] * len(layers)
     handles = []
     for i, layer in enumerate(layers):
+
         def hook(module, inputs, output, i=i, layer=layer):
             if not isinstance(output, Tensor):
                 raise UserError(f"feature layer '{layer}' returned {type(output).__name__}, not a tensor")
@@ -159,8 +175,10 @@ class FeatureDistill:
         self.teacher_layers, self.student_layers = teacher_layers, student_layers
 
     def __repr__(self) -> str:
-        return (f"FeatureDistill({self.kind} x {self.weight:g}: teacher {self.teacher_layers} -> "
-                f"student {self.student_layers})")
+        return (
+            f"FeatureDistill({self.kind} x {self.weight:g}: teacher {self.teacher_layers} -> "
+            f"student {self.student_layers})"
+        )
 
     def loss(self, feats_s: list[Tensor], feats_t: list[Tensor], rows: int) -> Tensor:
         """weight · loss on the first `rows` rows of each feature (the main rows; an extra view gets KL only)."""
@@ -170,4 +188,3 @@ class FeatureDistill:
 def no_capture():
     """A stand-in for `capture` when no feature loss is configured: yields an empty list."""
     return contextlib.nullcontext([])
-

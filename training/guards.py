@@ -72,8 +72,10 @@ class PreemptionFlag:
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
             if signum == signal.SIGINT and self.repeat_aborts:  # os.write: safe inside a signal handler
-                os.write(2, b"\ninterrupted: saving a checkpoint at the end of this step (Ctrl-C again to abort "
-                            b"without one)\n")
+                os.write(
+                    2,
+                    b"\ninterrupted: saving a checkpoint at the end of this step (Ctrl-C again to abort without one)\n",
+                )
 
     @property
     def requested(self) -> bool:

@@ -24,8 +24,15 @@ def mixed_ce(student_logits: Tensor, y: Tensor, y_partner: Tensor | None = None,
     return ce.mean()
 
 
-def distill_loss(student_logits: Tensor, teacher_logits: Tensor | None, sel, *, temperature: float,
-                 kd_weight: float, ce_weight: float) -> Tensor:
+def distill_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    sel,
+    *,
+    temperature: float,
+    kd_weight: float,
+    ce_weight: float,
+) -> Tensor:
     """The training objective for one step: kd_weight·KD + ce_weight·CE (CE only when there is no teacher)."""
     loss = torch.zeros((), device=student_logits.device)
     if teacher_logits is not None and kd_weight > 0:

@@ -49,8 +49,14 @@ EMA_KEYS = ("state_dict_ema", "model_ema")  # timm's order; model_ema: DeiT, tor
 PLAIN_KEYS = ("state_dict", "model")
 # a folder: these names in this order (timm's load_state_dict_from_path, Accelerate's save_model), else the one
 # file with a weights suffix
-FOLDER_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "pytorch_model.pth", "model.pth")
+FOLDER_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.pth",
+    "model.pth",
+)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".ckpt")
 TRUST_KEY = "model.trust_checkpoint"
 
@@ -64,8 +70,9 @@ def _numpy_globals() -> list:
         out += [(core.multiarray.scalar, f"{mod}.scalar"), (core.multiarray._reconstruct, f"{mod}._reconstruct")]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 may pickle a dtype by its class
     if dtypes is not None:
-        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n not in ("ObjectDType",
-                                                                                                  "VoidDType")]
+        out += [
+            getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n not in ("ObjectDType", "VoidDType")
+        ]
     return out
 
 
@@ -75,18 +82,26 @@ def _numpy_globals() -> list:
 SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, *_numpy_globals()]
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool = False, checkpoint: str = "",
-                 weights: str = "auto", trust: bool = False,
-                 log: Callable[[str], None] | None = print) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    checkpoint: str = "",
+    weights: str = "auto",
+    trust: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> nn.Module:
     """Build `name` with a `num_classes` head; load `checkpoint` (a file or a folder) if given, saying which
     weights were loaded through `log` (one line)."""
     if name.startswith(TV_PREFIX):
-        tv_name = name[len(TV_PREFIX):]
+        tv_name = name[len(TV_PREFIX) :]
         if tv_name not in torchvision.models.list_models(module=torchvision.models):
             raise ModelError(f"unknown torchvision classifier '{tv_name}' (model name '{name}')")
         if pretrained:
-            raise ModelError(f"model '{name}': pretrained=true is supported for timm names only; "
-                             "pass a local checkpoint instead")
+            raise ModelError(
+                f"model '{name}': pretrained=true is supported for timm names only; pass a local checkpoint instead"
+            )
         model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
     else:
         if not timm.is_model(name):
@@ -99,8 +114,9 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, check
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str, *, name: str = "model", weights: str = "auto",
-                    trust: bool = False) -> str:
+def load_checkpoint(
+    model: nn.Module, path: str, *, name: str = "model", weights: str = "auto", trust: bool = False
+) -> str:
     """Load weights strictly from a file or folder; returns one line saying which weights came from where.
 
     Every failure is a one-line ModelError that names the file, and the model keeps its weights."""
@@ -144,8 +160,7 @@ def state_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> str |
     parts = []
     if wrong:
         k = wrong[0]
-        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(found[k])} "
-                     f"vs model {tuple(expected[k])})")
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(found[k])} vs model {tuple(expected[k])})")
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
     if unexpected:
@@ -176,11 +191,12 @@ def _read_file(p: Path, trust: bool):
     if size == 0:
         raise ModelError(f"checkpoint {p} could not be read: the file is empty (0 bytes; an unfinished copy?)")
     if p.suffix.lower() in (".npz", ".npy"):
-        raise ModelError(f"checkpoint {p} is a NumPy archive (JAX/Flax weights): not supported here; "
-                         "convert it to a PyTorch state dict or safetensors first")
+        raise ModelError(
+            f"checkpoint {p} is a NumPy archive (JAX/Flax weights): not supported here; "
+            "convert it to a PyTorch state dict or safetensors first"
+        )
     torch_magic = head.startswith((b"PK\x03\x04", b"\x80"))  # zip (torch>=1.6) or legacy pickle
-    sniffed_safetensors = (len(head) == 9 and head[8:9] == b"{"
-                           and 0 < int.from_bytes(head[:8], "little") <= size - 8)
+    sniffed_safetensors = len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
     try:
         if sniffed_safetensors or (p.suffix == ".safetensors" and not torch_magic):
             from safetensors.torch import load_file
@@ -197,8 +213,10 @@ def _torch_load(p: Path, trust: bool):
     if _is_torchscript(p):
         if trust:
             return torch.jit.load(str(p), map_location="cpu")
-        raise ModelError(f"checkpoint {p} is a TorchScript archive: if you trust the file, set {TRUST_KEY}=true "
-                         "(read with torch.jit.load), or re-save its state_dict()")
+        raise ModelError(
+            f"checkpoint {p} is a TorchScript archive: if you trust the file, set {TRUST_KEY}=true "
+            "(read with torch.jit.load), or re-save its state_dict()"
+        )
     # an open file, not the path: torch.load sends any path ending in .safetensors to safetensors
     if trust:  # the user vouched for the file: full unpickling, which can run any code it holds
         with open(p, "rb") as f:
@@ -212,10 +230,13 @@ def _torch_load(p: Path, trust: bool):
             raise
         shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
         module = any(n.startswith(("torch.nn.modules.", "torchvision.models.", "timm.models.")) for n in names)
-        raise ModelError(f"checkpoint {p} needs {shown} to load, which safe loading (torch.load weights_only=True) "
-                         "refuses" + (" (it is a whole pickled model)" if module else "") +
-                         f": if you trust the file, set {TRUST_KEY}=true (full unpickling runs any code the file "
-                         "holds), or re-save its weights with torch.save(model.state_dict()) or safetensors") from None
+        raise ModelError(
+            f"checkpoint {p} needs {shown} to load, which safe loading (torch.load weights_only=True) "
+            "refuses"
+            + (" (it is a whole pickled model)" if module else "")
+            + f": if you trust the file, set {TRUST_KEY}=true (full unpickling runs any code the file "
+            "holds), or re-save its weights with torch.save(model.state_dict()) or safetensors"
+        ) from None
 
 
 def _unsafe_globals(p: Path, e: Exception) -> list[str]:
@@ -265,20 +286,28 @@ def _pick(obj, p: Path, weights: str) -> tuple[dict, str, str]:
     if ema is None and plain is None:
         if not tensors:
             keys = ", ".join(map(str, list(obj)[:6])) or "nothing"
-            raise ModelError(f"checkpoint {p} holds no state dict: its keys are {keys} "
-                             f"(looked for tensors or {', '.join(PLAIN_KEYS + EMA_KEYS)})")
+            raise ModelError(
+                f"checkpoint {p} holds no state dict: its keys are {keys} "
+                f"(looked for tensors or {', '.join(PLAIN_KEYS + EMA_KEYS)})"
+            )
         if weights == "ema":
-            raise ModelError(f"checkpoint {p} is a plain state dict without EMA weights "
-                             "(model.teacher_weights=ema asks for them; auto or plain loads it)")
+            raise ModelError(
+                f"checkpoint {p} is a plain state dict without EMA weights "
+                "(model.teacher_weights=ema asks for them; auto or plain loads it)"
+            )
         return tensors, "weights (a plain state dict)", arch
     if weights == "ema" or (weights == "auto" and ema is not None):
         if ema is None:
-            raise ModelError(f"checkpoint {p} has no EMA weights (looked for {', '.join(EMA_KEYS)}; it has "
-                             f"'{plain_key}'): use model.teacher_weights=auto or plain")
+            raise ModelError(
+                f"checkpoint {p} has no EMA weights (looked for {', '.join(EMA_KEYS)}; it has "
+                f"'{plain_key}'): use model.teacher_weights=auto or plain"
+            )
         return ema, f"EMA weights ['{ema_key}']", arch
     if plain is None:
-        raise ModelError(f"checkpoint {p} has only EMA weights ['{ema_key}'] (looked for "
-                         f"{', '.join(PLAIN_KEYS)}): use model.teacher_weights=auto or ema")
+        raise ModelError(
+            f"checkpoint {p} has only EMA weights ['{ema_key}'] (looked for "
+            f"{', '.join(PLAIN_KEYS)}): use model.teacher_weights=auto or ema"
+        )
     also = f" (not its EMA weights ['{ema_key}'])" if ema is not None else ""
     return plain, f"weights ['{plain_key}']{also}", arch
 
@@ -287,21 +316,27 @@ def _read_folder(folder: Path, weights: str, trust: bool) -> tuple[Path, dict, s
     try:
         names = sorted(c.name for c in folder.iterdir() if c.is_file())
     except OSError as e:
-        raise ModelError(f"checkpoint folder {folder} could not be read: {type(e).__name__}: "
-                         f"{e.strerror or e}") from None
+        raise ModelError(
+            f"checkpoint folder {folder} could not be read: {type(e).__name__}: {e.strerror or e}"
+        ) from None
     chosen = next((n for n in FOLDER_FILES if n in names), None)
     if chosen is None:
         candidates = [n for n in names if n.lower().endswith(WEIGHT_SUFFIXES)]
         if len(candidates) > 1:
-            raise ModelError(f"checkpoint folder {folder} holds several weights files ({', '.join(candidates[:6])}"
-                             f"{', ...' if len(candidates) > 6 else ''}): name one of them")
+            raise ModelError(
+                f"checkpoint folder {folder} holds several weights files ({', '.join(candidates[:6])}"
+                f"{', ...' if len(candidates) > 6 else ''}): name one of them"
+            )
         if not candidates:
             has = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "no files"
-            inner = sorted(c.name for c in folder.iterdir() if c.is_dir() and any((c / n).is_file() for n in
-                                                                                  FOLDER_FILES))
+            inner = sorted(
+                c.name for c in folder.iterdir() if c.is_dir() and any((c / n).is_file() for n in FOLDER_FILES)
+            )
             hint = f"; its subfolder {inner[0]}/ has weights" if inner else ""  # a run folder: final/
-            raise ModelError(f"checkpoint folder {folder} holds no weights: looked for {', '.join(FOLDER_FILES)} "
-                             f"or one *{', *'.join(WEIGHT_SUFFIXES)} file; it has {has}{hint}")
+            raise ModelError(
+                f"checkpoint folder {folder} holds no weights: looked for {', '.join(FOLDER_FILES)} "
+                f"or one *{', *'.join(WEIGHT_SUFFIXES)} file; it has {has}{hint}"
+            )
         chosen = candidates[0]
     p = folder / chosen
     arch = _hf_architecture(folder)
@@ -314,8 +349,10 @@ def _read_folder(folder: Path, weights: str, trust: bool) -> tuple[Path, dict, s
 def _read_shards(index: Path, weights: str, trust: bool) -> tuple[dict, str]:
     """A sharded checkpoint: `*.index.json` maps each tensor to its shard file in the same folder."""
     if weights == "ema":
-        raise ModelError(f"checkpoint {index} is a sharded plain state dict without EMA weights "
-                         "(model.teacher_weights=ema asks for them; auto or plain loads it)")
+        raise ModelError(
+            f"checkpoint {index} is a sharded plain state dict without EMA weights "
+            "(model.teacher_weights=ema asks for them; auto or plain loads it)"
+        )
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
@@ -323,8 +360,9 @@ def _read_shards(index: Path, weights: str, trust: bool) -> tuple[dict, str]:
         raise ModelError(f"checkpoint index {index} could not be read: {type(e).__name__}: {_first_line(e)}") from None
     missing = [s for s in shards if not (index.parent / s).is_file()]
     if missing:
-        raise ModelError(f"checkpoint index {index} lists {len(missing)} shard(s) that are not there "
-                         f"(e.g. {missing[0]})")
+        raise ModelError(
+            f"checkpoint index {index} lists {len(missing)} shard(s) that are not there (e.g. {missing[0]})"
+        )
     state: dict = {}
     for shard in shards:
         part, _, _ = _pick(_read_file(index.parent / shard, trust), index.parent / shard, "plain")
@@ -358,12 +396,12 @@ def _clean_keys(state: dict, own: dict) -> tuple[dict, str]:
         if key == "n_averaged" and key not in own:
             continue
         while prefixes and key.startswith(prefixes):
-            key = key[len(next(q for q in prefixes if key.startswith(q))):]
+            key = key[len(next(q for q in prefixes if key.startswith(q))) :]
         out[key] = value
     first = {k.split(".", 1)[0] for k in out}
     if out.keys() != own.keys() and len(first) == 1 and all("." in k for k in out):
         prefix = first.pop() + "."
-        inner = {k[len(prefix):]: v for k, v in out.items()}
+        inner = {k[len(prefix) :]: v for k, v in out.items()}
         if inner.keys() == own.keys():
             return inner, f" (keys without their '{prefix}' prefix)"
     return out, ""
@@ -376,12 +414,17 @@ def _head_hint(expected: dict, found: dict) -> str:
     wrong = [k for k in expected if found[k] != expected[k]]
     modules = {k.rsplit(".", 1)[0] for k in wrong}
     pairs = {(found[k][0], expected[k][0]) for k in wrong if found[k] and expected[k]}
-    if (len(modules) != 1 or len(pairs) != 1
-            or any(len(found[k]) != len(expected[k]) or found[k][1:] != expected[k][1:] for k in wrong)):
+    if (
+        len(modules) != 1
+        or len(pairs) != 1
+        or any(len(found[k]) != len(expected[k]) or found[k][1:] != expected[k][1:] for k in wrong)
+    ):
         return ""
-    (n_file, n_model), = pairs
-    return (f"; only the classifier ({modules.pop()}) differs: the file has {n_file} classes, the model "
-            f"{n_model} (model.num_classes; 0 = one per class folder of the training set)")
+    ((n_file, n_model),) = pairs
+    return (
+        f"; only the classifier ({modules.pop()}) differs: the file has {n_file} classes, the model "
+        f"{n_model} (model.num_classes; 0 = one per class folder of the training set)"
+    )
 
 
 def _first_line(e: Exception) -> str:

@@ -21,8 +21,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     for p in model.parameters():
         if p.requires_grad:
             (one_d if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": one_d, "weight_decay": cfg.weight_decay if cfg.decay_norm_and_bias else 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": one_d, "weight_decay": cfg.weight_decay if cfg.decay_norm_and_bias else 0.0},
+    ]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

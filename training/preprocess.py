@@ -26,11 +26,21 @@ from .config import Config, ConfigError
 from .models import TV_PREFIX
 
 # torchvision's ImageNet eval transform (its reference scripts and the weights' transforms()): the fallback
-TORCHVISION_DEFAULTS = {"val_resize_ratio": 0.875, "val_interpolation": "bilinear", "val_crop_mode": "center",
-                        "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+TORCHVISION_DEFAULTS = {
+    "val_resize_ratio": 0.875,
+    "val_interpolation": "bilinear",
+    "val_crop_mode": "center",
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+}
 KEYS = tuple(TORCHVISION_DEFAULTS)
-_TIMM_KEYS = {"val_resize_ratio": "crop_pct", "val_interpolation": "interpolation", "val_crop_mode": "crop_mode",
-              "mean": "mean", "std": "std"}
+_TIMM_KEYS = {
+    "val_resize_ratio": "crop_pct",
+    "val_interpolation": "interpolation",
+    "val_crop_mode": "crop_mode",
+    "mean": "mean",
+    "std": "std",
+}
 
 
 @dataclass(frozen=True)
@@ -47,8 +57,13 @@ class Preprocess:
 
     def loader_kwargs(self) -> dict:
         """The DaliLoader arguments these settings become."""
-        return {"val_resize_ratio": self.val_resize_ratio, "val_interpolation": self.val_interpolation,
-                "val_crop_mode": self.val_crop_mode, "mean": self.mean, "std": self.std}
+        return {
+            "val_resize_ratio": self.val_resize_ratio,
+            "val_interpolation": self.val_interpolation,
+            "val_crop_mode": self.val_crop_mode,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     def describe(self, image_size: int) -> str:
         """One line for the log."""
@@ -56,9 +71,11 @@ class Preprocess:
 
         resize = math.floor(image_size / self.val_resize_ratio)
         origin = sorted(set(self.sources.values()))
-        return (f"val preprocessing: resize to {resize} ({self.val_crop_mode}, ratio {self.val_resize_ratio:g}, "
-                f"{self.val_interpolation}), crop {image_size}; mean {_fmt(self.mean)} std {_fmt(self.std)} "
-                f"(from {', '.join(origin)})")
+        return (
+            f"val preprocessing: resize to {resize} ({self.val_crop_mode}, ratio {self.val_resize_ratio:g}, "
+            f"{self.val_interpolation}), crop {image_size}; mean {_fmt(self.mean)} std {_fmt(self.std)} "
+            f"(from {', '.join(origin)})"
+        )
 
 
 def teacher_data_config(name: str) -> dict | None:
@@ -82,8 +99,13 @@ def resolve_preprocess(cfg: Config) -> Preprocess:
     """The settings the loaders use (see the module docstring); a teacher config the val graph cannot reproduce
     while its key is ``auto`` is one ConfigError line naming the key to set."""
     d = cfg.data
-    explicit = {"val_resize_ratio": d.val_resize_ratio, "val_interpolation": d.val_interpolation,
-                "val_crop_mode": d.val_crop_mode, "mean": d.mean, "std": d.std}
+    explicit = {
+        "val_resize_ratio": d.val_resize_ratio,
+        "val_interpolation": d.val_interpolation,
+        "val_crop_mode": d.val_crop_mode,
+        "mean": d.mean,
+        "std": d.std,
+    }
     follow = d.dataset == "folder" and cfg.selection.method != "none"
     timm_cfg = teacher_data_config(cfg.model.teacher) if follow else None
     fallback = dict(TORCHVISION_DEFAULTS)
@@ -103,18 +125,28 @@ def resolve_preprocess(cfg: Config) -> Preprocess:
             values[key], sources[key] = fallback[key], fallback_source
     teacher = f"the teacher {cfg.model.teacher}'s timm pretrained cfg"
     if sources["val_resize_ratio"] != "config" and not 0 < values["val_resize_ratio"] <= 1:
-        raise ConfigError(f"{teacher} has crop_pct {values['val_resize_ratio']} (> 1: pad around the image), which the "
-                          "val pipeline does not do; set data.val_resize_ratio in (0, 1]")
+        raise ConfigError(
+            f"{teacher} has crop_pct {values['val_resize_ratio']} (> 1: pad around the image), which the "
+            "val pipeline does not do; set data.val_resize_ratio in (0, 1]"
+        )
     if values["val_interpolation"] not in INTERPOLATIONS:
-        raise ConfigError(f"{teacher} uses interpolation {values['val_interpolation']!r}; the val pipeline has "
-                          f"{', '.join(INTERPOLATIONS)}: set data.val_interpolation")
+        raise ConfigError(
+            f"{teacher} uses interpolation {values['val_interpolation']!r}; the val pipeline has "
+            f"{', '.join(INTERPOLATIONS)}: set data.val_interpolation"
+        )
     if values["val_crop_mode"] not in VAL_CROP_MODES:
-        raise ConfigError(f"{teacher} uses crop_mode {values['val_crop_mode']!r}; the val pipeline has "
-                          f"{', '.join(VAL_CROP_MODES)}: set data.val_crop_mode")
-    return Preprocess(val_resize_ratio=float(values["val_resize_ratio"]),
-                      val_interpolation=values["val_interpolation"], val_crop_mode=values["val_crop_mode"],
-                      mean=tuple(float(x) for x in values["mean"]), std=tuple(float(x) for x in values["std"]),
-                      sources=sources)
+        raise ConfigError(
+            f"{teacher} uses crop_mode {values['val_crop_mode']!r}; the val pipeline has "
+            f"{', '.join(VAL_CROP_MODES)}: set data.val_crop_mode"
+        )
+    return Preprocess(
+        val_resize_ratio=float(values["val_resize_ratio"]),
+        val_interpolation=values["val_interpolation"],
+        val_crop_mode=values["val_crop_mode"],
+        mean=tuple(float(x) for x in values["mean"]),
+        std=tuple(float(x) for x in values["std"]),
+        sources=sources,
+    )
 
 
 def _fmt(values) -> str:

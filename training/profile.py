@@ -34,13 +34,33 @@ from .files import atomic_write_json, save_figure
 from .timing import Clock, build_timed_run, endless, environment, median, mfu, peak_flops, teacher_weights
 from .trainer import make_accelerator
 
-PHASES = ("data_wait", "scoring_forward", "sort_mix", "teacher_forward", "student_forward", "student_backward",
-          "optimizer")
-PHASES_FUSED = ("data_wait", "selection_fused", "teacher_forward", "student_forward", "student_backward",
-                "optimizer")  # a graphed selection: scoring forward + sort + mix in one replay
-LABELS = {"data_wait": "data wait", "scoring_forward": "scoring fwd", "sort_mix": "sort + mix",
-          "selection_fused": "selection (fused)", "teacher_forward": "teacher fwd", "student_forward": "student fwd",
-          "student_backward": "student bwd", "optimizer": "optimizer"}
+PHASES = (
+    "data_wait",
+    "scoring_forward",
+    "sort_mix",
+    "teacher_forward",
+    "student_forward",
+    "student_backward",
+    "optimizer",
+)
+PHASES_FUSED = (
+    "data_wait",
+    "selection_fused",
+    "teacher_forward",
+    "student_forward",
+    "student_backward",
+    "optimizer",
+)  # a graphed selection: scoring forward + sort + mix in one replay
+LABELS = {
+    "data_wait": "data wait",
+    "scoring_forward": "scoring fwd",
+    "sort_mix": "sort + mix",
+    "selection_fused": "selection (fused)",
+    "teacher_forward": "teacher fwd",
+    "student_forward": "student fwd",
+    "student_backward": "student bwd",
+    "optimizer": "optimizer",
+}
 FAST_PATHS = ("fused", "eager")
 
 
@@ -97,9 +117,15 @@ def walk_step(step, batches, read: Callable[[], float], marks: ForwardMarks) -> 
     r5 = read()
     step.optimizer_step(loss)
     r6 = read()
-    return {"data_wait": r1 - r0, "scoring_forward": scoring, "sort_mix": r2 - r1 - scoring,
-            "teacher_forward": r3 - r2, "student_forward": r4 - r3, "student_backward": r5 - r4,
-            "optimizer": r6 - r5}
+    return {
+        "data_wait": r1 - r0,
+        "scoring_forward": scoring,
+        "sort_mix": r2 - r1 - scoring,
+        "teacher_forward": r3 - r2,
+        "student_forward": r4 - r3,
+        "student_backward": r5 - r4,
+        "optimizer": r6 - r5,
+    }
 
 
 def fold_fused(phases: dict[str, float]) -> dict[str, float]:
@@ -108,8 +134,17 @@ def fold_fused(phases: dict[str, float]) -> dict[str, float]:
     return {p: merged[p] for p in PHASES_FUSED}
 
 
-def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup: int = 3, out_dir: str,
-            fast_path: str = "fused", note: str = "", accelerator=None) -> dict:
+def profile(
+    cfg: Config,
+    *,
+    selector: str | None = None,
+    steps: int = 20,
+    warmup: int = 3,
+    out_dir: str,
+    fast_path: str = "fused",
+    note: str = "",
+    accelerator=None,
+) -> dict:
     """Profile `selector` (default: the config's) on `cfg`; writes out_dir/profile.json and profile.png."""
     from selection import SELECTORS
 
@@ -185,16 +220,22 @@ def profile(cfg: Config, *, selector: str | None = None, steps: int = 20, warmup
         "note": note,
         "selector": method,
         "args": {"steps": steps, "warmup": warmup, "fast_path": fast_path},
-        "fast_path": {"requested": fast_path, "modes": step_modes(step), "selection_phases": "fused" if fused
-                      else "split"},
-        "teacher": cfg.model.teacher, "student": cfg.model.student,
-        "N": cfg.data.batch_size, "image_size": cfg.data.image_size, "mixed_precision": cfg.mixed_precision,
+        "fast_path": {
+            "requested": fast_path,
+            "modes": step_modes(step),
+            "selection_phases": "fused" if fused else "split",
+        },
+        "teacher": cfg.model.teacher,
+        "student": cfg.model.student,
+        "N": cfg.data.batch_size,
+        "image_size": cfg.data.image_size,
+        "mixed_precision": cfg.mixed_precision,
         "teacher_weights": teacher_weights(cfg),
         "flops_per_image": {"Ft": run.ledger.Ft, "Fs": run.ledger.Fs, "Bs": run.ledger.Bs},
         "timing": "perf_counter at every phase boundary, device synced at each; time_share = phase median / "
-                  "sum of phase medians",
+        "sum of phase medians",
         "flop_counting": "one step of the eager twin under torch FlopCounterMode (grouped-conv backward fixed); "
-                         "convolutions and matrix products only, a multiply-add = 2",
+        "convolutions and matrix products only, a multiply-add = 2",
         "median_step_ms": median(step_ms),
         "step_flops": flop_total,
         "peak": peak,
@@ -232,16 +273,24 @@ def plot(result: dict, path: Path) -> None:
     bars_f = ax.bar([i + 0.2 for i in x], flop_pct, width=0.4, label="share of step FLOPs", color="#1f77b4")
     for bars in (bars_t, bars_f):
         for b in bars:
-            ax.annotate(f"{b.get_height():.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                f"{b.get_height():.1f}",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_xticks(list(x), [LABELS.get(p, p) for p in names])
     ax.set_ylabel("% of one training step")
     env = result["environment"]
     precision = "fp32" if result["mixed_precision"] == "no" else result["mixed_precision"]
     modes = result["fast_path"]["modes"]
-    ax.set_title(f"{result['teacher']} -> {result['student']}, {result['selector']} (selection {modes['selection']}, "
-                 f"teacher {modes['teacher']}), N={result['N']}, {result['image_size']} px, {precision}; "
-                 f"step {result['median_step_ms']:.1f} ms (median)\n{env['device']}", fontsize=9)
+    ax.set_title(
+        f"{result['teacher']} -> {result['student']}, {result['selector']} (selection {modes['selection']}, "
+        f"teacher {modes['teacher']}), N={result['N']}, {result['image_size']} px, {precision}; "
+        f"step {result['median_step_ms']:.1f} ms (median)\n{env['device']}",
+        fontsize=9,
+    )
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
@@ -254,11 +303,15 @@ def format_table(result: dict) -> str:
     for p, v in result["phases"].items():
         tf = "-" if v["achieved_tflops"] is None else f"{v['achieved_tflops']:.4f}"
         util = "-" if v["mfu"] is None else f"{v['mfu']:.1%}"
-        lines.append(f"{LABELS.get(p, p):<17} {v['median_ms']:9.2f} {100 * (v['time_share'] or 0):7.1f} "
-                     f"{v['flops'] / 1e9:9.3f} {100 * (v['flop_share'] or 0):7.1f} {tf:>8} {util:>6}")
+        lines.append(
+            f"{LABELS.get(p, p):<17} {v['median_ms']:9.2f} {100 * (v['time_share'] or 0):7.1f} "
+            f"{v['flops'] / 1e9:9.3f} {100 * (v['flop_share'] or 0):7.1f} {tf:>8} {util:>6}"
+        )
     modes = result["fast_path"]["modes"]
-    lines.append(f"step (median of per-step sums) {result['median_step_ms']:.2f} ms, "
-                 f"{result['step_flops'] / 1e9:.3f} GFLOPs; selection {modes['selection']}, "
-                 f"teacher {modes['teacher']}, student {modes['student']}; {result['environment']['device']}; "
-                 f"MFU peak: {result['peak']['basis']}")
+    lines.append(
+        f"step (median of per-step sums) {result['median_step_ms']:.2f} ms, "
+        f"{result['step_flops'] / 1e9:.3f} GFLOPs; selection {modes['selection']}, "
+        f"teacher {modes['teacher']}, student {modes['student']}; {result['environment']['device']}; "
+        f"MFU peak: {result['peak']['basis']}"
+    )
     return "\n".join(lines)

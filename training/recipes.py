@@ -22,8 +22,10 @@ def ensure_teacher(cfg: Config) -> dict | None:
     if cfg.selection.method == "none" or not cfg.teacher_train.train_if_missing or (path and path.exists()):
         return None
     if path is None or path.parts[-2:] != TEACHER_FILE.parts:
-        raise ConfigError("config key 'model.teacher_checkpoint' must end in final/model.safetensors when "
-                          f"teacher_train.train_if_missing=true, got {cfg.model.teacher_checkpoint!r}")
+        raise ConfigError(
+            "config key 'model.teacher_checkpoint' must end in final/model.safetensors when "
+            f"teacher_train.train_if_missing=true, got {cfg.model.teacher_checkpoint!r}"
+        )
     t = copy.deepcopy(cfg)
     t.out_dir = str(path.parent.parent)
     t.resume = "auto"  # a teacher run killed half-way continues instead of starting over
@@ -36,8 +38,10 @@ def ensure_teacher(cfg: Config) -> dict | None:
     t.train.max_steps = 0
     t.optim.milestones = [m for m in cfg.optim.milestones if m < t.train.epochs]
     validate(t)
-    print(f"teacher checkpoint {path} not found: training teacher {cfg.model.teacher} "
-          f"for {t.train.epochs} epochs into {t.out_dir}")
+    print(
+        f"teacher checkpoint {path} not found: training teacher {cfg.model.teacher} "
+        f"for {t.train.epochs} epochs into {t.out_dir}"
+    )
     return train(t)
 
 
@@ -63,8 +67,10 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'method':<13} {'top1':>6} {'top5':>6} {'teacher imgs':>12} {'student fwd':>11} {'cost':>6} {'wall s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<13} {r['top1']:6.2f} {r['top5']:6.2f} {r['teacher_images']:12d} "
-                     f"{r['student_fwd_images']:11d} {r['cost_fraction']:6.3f} {r['wall_s']:7.1f}")
+        lines.append(
+            f"{r['method']:<13} {r['top1']:6.2f} {r['top5']:6.2f} {r['teacher_images']:12d} "
+            f"{r['student_fwd_images']:11d} {r['cost_fraction']:6.3f} {r['wall_s']:7.1f}"
+        )
     t = rows[0].get("teacher_top1")
     if t is not None:
         lines.append(f"teacher top1 {t:.2f}   cost = FLOPs / conventional KD's on the same steps (B_s = F_s)")

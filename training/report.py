@@ -1,9 +1,9 @@
 """`launch.py report <out_dir>`: the figures of one run, from its metrics.jsonl and sampling.json, as PNGs.
 
-    sampling_heatmap.png      class × epoch: share of each class's images among the rows trained on
-                              (the UNIX paper's Fig. 6); a second panel for the extra view of TL methods
-    selected_vs_accuracy.png  per class: times selected over the run vs final top-1 (the paper's Fig. 5)
-    curves.png                training loss, val top-1 and the cumulative cost fraction against the step
+sampling_heatmap.png      class × epoch: share of each class's images among the rows trained on
+                          (the UNIX paper's Fig. 6); a second panel for the extra view of TL methods
+selected_vs_accuracy.png  per class: times selected over the run vs final top-1 (the paper's Fig. 5)
+curves.png                training loss, val top-1 and the cumulative cost fraction against the step
 """
 
 from __future__ import annotations
@@ -91,11 +91,20 @@ def heatmap(sampling: dict, method: str, path: Path) -> Path:
     panels = [("main rows (KD on the selected images)", _share(sampling["selected"], sampling["seen"]))]
     if _has_extra(sampling):
         panels.append(("extra view (TL: teacher-labelled mixed rows)", _share(sampling["extra"], sampling["seen"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3 * len(panels) + 0.15 * len(epochs),
-                                                      2 + 0.25 * min(len(classes), 60)), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(4 + 3 * len(panels) + 0.15 * len(epochs), 2 + 0.25 * min(len(classes), 60)),
+        squeeze=False,
+    )
     for ax, (title, share) in zip(axes[0], panels):
-        im = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis",
-                       extent=(min(epochs) - 0.5, max(epochs) + 0.5, len(classes) - 0.5, -0.5))
+        im = ax.imshow(
+            share,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            extent=(min(epochs) - 0.5, max(epochs) + 0.5, len(classes) - 0.5, -0.5),
+        )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("class")

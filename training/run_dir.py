@@ -34,8 +34,18 @@ from .files import atomic_write_json, atomic_write_text
 LOCK = ".lock"
 CONFIG, METRICS, STATUS = "config.yaml", "metrics.jsonl", "status.json"
 # Everything a run writes into its out_dir (what overwrite=true moves aside; anything else is left alone)
-RUN_FILES = (ckpt.checkpoint_root("").name, METRICS, "final", "final.tmp", "sampling.json", "sampling_images",
-             CONFIG, "report", STATUS, "trackers")
+RUN_FILES = (
+    ckpt.checkpoint_root("").name,
+    METRICS,
+    "final",
+    "final.tmp",
+    "sampling.json",
+    "sampling_images",
+    CONFIG,
+    "report",
+    STATUS,
+    "trackers",
+)
 # Keys that may differ between a job and its restart: how to resume or watch it, not what to train
 RESTART_KEYS = ("resume", "resume_force", "overwrite", "train.progress", "train.log_with", "train.tracker_project")
 
@@ -54,10 +64,16 @@ class OutDirLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise UserError(f"out_dir={self.path.parent} is in use by another run ({holder}); wait for it to "
-                             "end, or pick another out_dir") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv)}
+            raise UserError(
+                f"out_dir={self.path.parent} is in use by another run ({holder}); wait for it to "
+                "end, or pick another out_dir"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -132,8 +148,10 @@ def _check_owner(cfg: Config, out: Path) -> list[str]:
         return []  # resume one of this out_dir's own checkpoints (find_resume checks which)
     else:
         why = "another run (" + ", ".join(used) + ")"
-    raise UserError(f"out_dir={out} holds {why}: resume it with resume=auto, pick another out_dir, or set "
-                     "overwrite=true to move its files aside (nothing is deleted)")
+    raise UserError(
+        f"out_dir={out} holds {why}: resume it with resume=auto, pick another out_dir, or set "
+        "overwrite=true to move its files aside (nothing is deleted)"
+    )
 
 
 def move_aside(out: Path, names: list[str]) -> Path:
@@ -229,8 +247,13 @@ class MetricsLog:
 
 def write_status(out: Path, state: str, **fields) -> None:
     """`status.json`: running | finished | preempted | stopped | failed, with the step, checkpoint and message."""
-    info = {"state": state, **fields, "pid": os.getpid(), "host": socket.gethostname(),
-            "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    info = {
+        "state": state,
+        **fields,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if os.environ.get("SLURM_JOB_ID"):
         info["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     atomic_write_json(out / STATUS, info, indent=1)

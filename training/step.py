@@ -63,8 +63,21 @@ class TeacherOut:
 
 
 class DistillStep:
-    def __init__(self, accelerator, student, teacher, optimizer, scheduler, selector, *, temperature: float,
-                 kd_weight: float, ce_weight: float, nonfinite: str = "stop", features: FeatureDistill | None = None):
+    def __init__(
+        self,
+        accelerator,
+        student,
+        teacher,
+        optimizer,
+        scheduler,
+        selector,
+        *,
+        temperature: float,
+        kd_weight: float,
+        ce_weight: float,
+        nonfinite: str = "stop",
+        features: FeatureDistill | None = None,
+    ):
         self.accelerator = accelerator
         self.student = student  # as prepared by Accelerate (DDP-wrapped on several processes)
         self.scorer = accelerator.unwrap_model(student)  # the scoring forward needs no DDP bookkeeping
@@ -113,8 +126,14 @@ class DistillStep:
             with self._tap(self.scorer, "student") as feats, views:
                 s_logits = self.student_call(x)
             t_logits = None if t is None else t.logits
-            loss = distill_loss(s_logits[:k], None if t is None else t_logits[:k], sel,
-                                temperature=self.temperature, kd_weight=w.kd, ce_weight=w.ce)
+            loss = distill_loss(
+                s_logits[:k],
+                None if t is None else t_logits[:k],
+                sel,
+                temperature=self.temperature,
+                kd_weight=w.kd,
+                ce_weight=w.ce,
+            )
             if sel.extra is not None and t is not None and w.extra_kd > 0:  # TL: KL only on the extra view
                 loss = loss + w.extra_kd * kd_loss(s_logits[k:], t_logits[k:], self.temperature)
             if self.features is not None and t is not None:  # AT / SP on the main rows

@@ -23,11 +23,11 @@ def targets(result: dict) -> dict:
     rows = result["rows"]
 
     def row(mode: str, selector: str, path: str) -> dict | None:
-        return next((r for r in rows if (r["mode"], r.get("selector"), r.get("fast_path")) == (mode, selector, path)),
-                    None)
+        return next(
+            (r for r in rows if (r["mode"], r.get("selector"), r.get("fast_path")) == (mode, selector, path)), None
+        )
 
-    return {"P1": _p1(row), "P2": _p2(result.get("p2")), "P3": _p3(rows, result["data_alone"]),
-            "P4": _p4(row, rows)}
+    return {"P1": _p1(row), "P2": _p2(result.get("p2")), "P3": _p3(rows, result["data_alone"]), "P4": _p4(row, rows)}
 
 
 def _p1(row) -> dict:
@@ -36,21 +36,30 @@ def _p1(row) -> dict:
         if unix is None or kd is None:
             return None
         margin = unix["step_ratio_kd"] - unix["flop_ratio_measured"]
-        return {"step_ratio_kd": unix["step_ratio_kd"], "flop_ratio_measured": unix["flop_ratio_measured"],
-                "margin": margin, "pass": margin <= P1_MARGIN}
+        return {
+            "step_ratio_kd": unix["step_ratio_kd"],
+            "flop_ratio_measured": unix["flop_ratio_measured"],
+            "margin": margin,
+            "pass": margin <= P1_MARGIN,
+        }
 
-    return {"what": "UNIX/KD step time minus UNIX/KD FLOPs (measured convention), synthetic batch",
-            "threshold": P1_MARGIN, **{path: one(path) for path in PATHS}}
+    return {
+        "what": "UNIX/KD step time minus UNIX/KD FLOPs (measured convention), synthetic batch",
+        "threshold": P1_MARGIN,
+        **{path: one(path) for path in PATHS},
+    }
 
 
 def _p2(p2: dict | None) -> dict:
     def one(ratio):
         return None if ratio is None else {"ratio": ratio, "pass": ratio <= P2_RATIO}
 
-    return {"what": "UNIX select / bare no-grad student forward on N images",
-            "threshold": P2_RATIO,
-            "fused": one(p2["fused_over_forward"]) if p2 else None,
-            "eager": one(p2["eager_over_forward"]) if p2 else None}
+    return {
+        "what": "UNIX select / bare no-grad student forward on N images",
+        "threshold": P2_RATIO,
+        "fused": one(p2["fused_over_forward"]) if p2 else None,
+        "eager": one(p2["eager_over_forward"]) if p2 else None,
+    }
 
 
 def _p3(rows: list[dict], data_alone: list[dict]) -> dict:
@@ -61,11 +70,19 @@ def _p3(rows: list[dict], data_alone: list[dict]) -> dict:
         if r["mode"] != "pipeline" or not r.get("selector") or loader is None or r["runner"] not in synthetic:
             continue
         bound = min(loader, synthetic[r["runner"]])  # the slower of the two parts the pipeline overlaps
-        runners[r["runner"]] = {"pipeline_img_per_s": r["img_per_s"], "loader_alone_img_per_s": loader,
-                                "synthetic_img_per_s": synthetic[r["runner"]], "bound_img_per_s": bound,
-                                "ratio": r["img_per_s"] / bound, "pass": r["img_per_s"] / bound >= P3_RATIO}
-    return {"what": "pipeline img/s / min(this project's loader alone, the same runner's synthetic img/s)",
-            "threshold": P3_RATIO, "runners": runners or None}
+        runners[r["runner"]] = {
+            "pipeline_img_per_s": r["img_per_s"],
+            "loader_alone_img_per_s": loader,
+            "synthetic_img_per_s": synthetic[r["runner"]],
+            "bound_img_per_s": bound,
+            "ratio": r["img_per_s"] / bound,
+            "pass": r["img_per_s"] / bound >= P3_RATIO,
+        }
+    return {
+        "what": "pipeline img/s / min(this project's loader alone, the same runner's synthetic img/s)",
+        "threshold": P3_RATIO,
+        "runners": runners or None,
+    }
 
 
 def _p4(row, rows: list[dict]) -> dict:
@@ -77,13 +94,21 @@ def _p4(row, rows: list[dict]) -> dict:
             ours = row("pipeline", name, path)
             if ours is not None and peer is not None:
                 ratio = ours["img_per_s"] / peer["img_per_s"]
-                out[name] = {"img_per_s": ours["img_per_s"], "ratio": ratio, "threshold": threshold,
-                             "pass": ratio >= threshold}
+                out[name] = {
+                    "img_per_s": ours["img_per_s"],
+                    "ratio": ratio,
+                    "threshold": threshold,
+                    "pass": ratio >= threshold,
+                }
         return out or None
 
-    return {"what": "pipeline img/s / timm-kd pipeline img/s (same pair, same JPEG folder)",
-            "thresholds": P4_RATIO, "peer": peer["runner"] if peer else None,
-            "peer_img_per_s": peer["img_per_s"] if peer else None, **{path: one(path) for path in PATHS}}
+    return {
+        "what": "pipeline img/s / timm-kd pipeline img/s (same pair, same JPEG folder)",
+        "thresholds": P4_RATIO,
+        "peer": peer["runner"] if peer else None,
+        "peer_img_per_s": peer["img_per_s"] if peer else None,
+        **{path: one(path) for path in PATHS},
+    }
 
 
 def format_targets(t: dict) -> list[str]:
@@ -97,19 +122,31 @@ def format_targets(t: dict) -> list[str]:
 
     p1, p2, p3, p4 = t["P1"], t["P2"], t["P3"], t["P4"]
     lines = ["targets (issue 7; from this run):"]
-    lines.append(f"  P1 UNIX/KD step - FLOP ratio (synthetic) <= +{p1['threshold']}  "
-                 + paths(p1, lambda v: f"{v['margin']:+.3f} ({v['step_ratio_kd']:.3f} - "
-                                       f"{v['flop_ratio_measured']:.3f}) {verdict(v['pass'])}"))
-    lines.append(f"  P2 UNIX select / student forward <= {p2['threshold']}          "
-                 + paths(p2, lambda v: f"{v['ratio']:.3f} {verdict(v['pass'])}"))
+    lines.append(
+        f"  P1 UNIX/KD step - FLOP ratio (synthetic) <= +{p1['threshold']}  "
+        + paths(
+            p1,
+            lambda v: (
+                f"{v['margin']:+.3f} ({v['step_ratio_kd']:.3f} - {v['flop_ratio_measured']:.3f}) {verdict(v['pass'])}"
+            ),
+        )
+    )
+    lines.append(
+        f"  P2 UNIX select / student forward <= {p2['threshold']}          "
+        + paths(p2, lambda v: f"{v['ratio']:.3f} {verdict(v['pass'])}")
+    )
     if p3["runners"]:
-        lines.append(f"  P3 pipeline / min(loader, synthetic) >= {p3['threshold']}      " + "  ".join(
-            f"{name} {v['ratio']:.3f} {verdict(v['pass'])}" for name, v in p3["runners"].items()))
+        lines.append(
+            f"  P3 pipeline / min(loader, synthetic) >= {p3['threshold']}      "
+            + "  ".join(f"{name} {v['ratio']:.3f} {verdict(v['pass'])}" for name, v in p3["runners"].items())
+        )
     else:
         lines.append(f"  P3 pipeline / min(loader, synthetic) >= {p3['threshold']}      - (needs --data both)")
     if p4["peer"] is None:
         lines.append("  P4 vs timm-kd (pipeline): KD >= 2x, UNIX >= 2.5x    - (needs --peer timm and pipeline data)")
     else:
-        lines.append("  P4 vs timm-kd (pipeline): KD >= 2x, UNIX >= 2.5x    " + paths(p4, lambda v: ", ".join(
-            f"{name} {x['ratio']:.2f}x {verdict(x['pass'])}" for name, x in v.items())))
+        lines.append(
+            "  P4 vs timm-kd (pipeline): KD >= 2x, UNIX >= 2.5x    "
+            + paths(p4, lambda v: ", ".join(f"{name} {x['ratio']:.2f}x {verdict(x['pass'])}" for name, x in v.items()))
+        )
     return lines

@@ -86,8 +86,10 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
     if modes == ["synthetic"] and cfg.model.num_classes:
         return None
     if modes == ["synthetic"] and cfg.data.dataset != "digits" and cfg.data.root in ("", PLACEHOLDER_ROOT):
-        raise ConfigError("config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
-                          "without a dataset (data.root is empty)")
+        raise ConfigError(
+            "config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
+            "without a dataset (data.root is empty)"
+        )
     from .data import build_data
 
     return build_data(cfg, accelerator)
@@ -176,8 +178,10 @@ def peak_flops(device: torch.device, mixed_precision: str) -> dict:
         return {"flops_per_s": None, "basis": f"no peak for mixed_precision={mixed_precision} on {name}"}
     for key, flops in PEAK_FLOPS.items():
         if key in name:
-            return {"flops_per_s": flops, "basis": f"{key} dense {mixed_precision} tensor-core peak, "
-                                                   f"{flops / 1e12:.0f} TFLOP/s ({name})"}
+            return {
+                "flops_per_s": flops,
+                "basis": f"{key} dense {mixed_precision} tensor-core peak, {flops / 1e12:.0f} TFLOP/s ({name})",
+            }
     return {"flops_per_s": None, "basis": f"{name} is not in the peak table (training/timing.py PEAK_FLOPS)"}
 
 
@@ -244,9 +248,21 @@ def _git_commit() -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"],  # earlier results being rewritten is no change
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benchmarks/results",
+            ],  # earlier results being rewritten is no change
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -79,8 +79,10 @@ def parse(value) -> list[str]:
 
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"config key '{KEY}': unknown tracker {name!r}{hint}; Accelerate's trackers: "
-                              f"{', '.join(allowed)}, or all (every installed one), or none")
+            raise ConfigError(
+                f"config key '{KEY}': unknown tracker {name!r}{hint}; Accelerate's trackers: "
+                f"{', '.join(allowed)}, or all (every installed one), or none"
+            )
     if len(names) != len(set(names)):
         raise ConfigError(f"config key '{KEY}' names a tracker twice: {value!r}")
     return names
@@ -102,13 +104,16 @@ def resolve(cfg) -> list[str]:
     if "all" in names:
         found = [n for n in _PACKAGES if available(n)]
         if not found:
-            raise ConfigError(f"config key '{KEY}'=all: no tracker package is installed (e.g. pip install "
-                              "tensorboard, or pip install wandb)")
+            raise ConfigError(
+                f"config key '{KEY}'=all: no tracker package is installed (e.g. pip install "
+                "tensorboard, or pip install wandb)"
+            )
         return found + [n for n in names if n != "all" and n not in found]
     for name in names:
         if not available(name):
-            raise ConfigError(f"config key '{KEY}' names {name}, but its package is not installed: "
-                              f"pip install {_PACKAGES[name][1]}")
+            raise ConfigError(
+                f"config key '{KEY}' names {name}, but its package is not installed: pip install {_PACKAGES[name][1]}"
+            )
     return names
 
 
@@ -125,8 +130,10 @@ def check_made(accelerator, names: list[str]) -> None:
     got = [str(t) for t in accelerator.log_with]
     missing = [n for n in names if n not in got]
     if missing:
-        raise ConfigError(f"config key '{KEY}': Accelerate did not take {', '.join(missing)} (installed after "
-                          "accelerate was imported? start a new process)")
+        raise ConfigError(
+            f"config key '{KEY}': Accelerate did not take {', '.join(missing)} (installed after "
+            "accelerate was imported? start a new process)"
+        )
 
 
 def hparams(cfg) -> dict:
@@ -158,8 +165,7 @@ def start(accelerator, cfg, step: int, resumed: bool) -> None:
         names = ", ".join(str(t) for t in accelerator.log_with)
         finish(accelerator, failed=True, quiet=True)  # those that started; the others have nothing to end
         hint = " (W&B with no login or no network: WANDB_MODE=offline logs under out_dir)" if "wandb" in names else ""
-        raise TrackerError(f"config key '{KEY}': {names} could not start: "
-                           f"{_first_line(e)}{hint}") from None
+        raise TrackerError(f"config key '{KEY}': {names} could not start: {_first_line(e)}{hint}") from None
     if step > 0:
         _relog(accelerator, Path(cfg.out_dir) / "metrics.jsonl", step)
 

@@ -78,10 +78,19 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
         return summary
     except BaseException as e:
         if main and record["started"]:  # say how it ended (a refusal before the start leaves the folder alone)
-            state = ("stopped" if isinstance(e, RunStopped) else
-                     "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-            run_dir.write_status(out, state, message=(str(e).splitlines() or [type(e).__name__])[0],
-                                 checkpoint=str(ckpt.latest_checkpoint(out) or "") or None)
+            state = (
+                "stopped"
+                if isinstance(e, RunStopped)
+                else "interrupted"
+                if isinstance(e, KeyboardInterrupt)
+                else "failed"
+            )
+            run_dir.write_status(
+                out,
+                state,
+                message=(str(e).splitlines() or [type(e).__name__])[0],
+                checkpoint=str(ckpt.latest_checkpoint(out) or "") or None,
+            )
         raise
     finally:
         trackers.finish(accelerator, failed=not ok)  # however it ended (preempted: ok, with its checkpoint)
@@ -98,13 +107,20 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
     student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
     C = len(data.classes)
-    sampling = SamplingLog(out, data.classes, accelerator.device, write=main, loader=data.train,
-                           count_images=cfg.train.count_images)
+    sampling = SamplingLog(
+        out, data.classes, accelerator.device, write=main, loader=data.train, count_images=cfg.train.count_images
+    )
     step_fn.on_select = sampling.observe  # which classes (and images) each step trains on
 
-    fingerprint = {"world_size": accelerator.num_processes, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
-                   "method": cfg.selection.method, "student": cfg.model.student, **data_identity(data),
-                   **optimizer_identity(cfg)}
+    fingerprint = {
+        "world_size": accelerator.num_processes,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "method": cfg.selection.method,
+        "student": cfg.model.student,
+        **data_identity(data),
+        **optimizer_identity(cfg),
+    }
     resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, accelerator.unwrap_model(student), fingerprint))
     step, epoch, start_batch, data_state = 0, 0, 0, None
     if resume_from is not None:
@@ -118,15 +134,19 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     if main:  # every check passed: from here on the folder describes this run
         aside, names = ckpt.set_aside_after(out, step) if resume_from is not None else (None, [])
         if aside is not None:
-            print(f"checkpoints after step {step} ({', '.join(names)}) moved to {aside}: this run continues from "
-                  f"step {step}; remove that folder when you no longer need it")
+            print(
+                f"checkpoints after step {step} ({', '.join(names)}) moved to {aside}: this run continues from "
+                f"step {step}; remove that folder when you no longer need it"
+            )
         dropped = run_dir.truncate_metrics(out, step)
         save_config(cfg, out / run_dir.CONFIG)
         run_dir.write_status(out, "running", step=step)
         record["started"] = True
         if resume_from is not None:
-            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})"
-                  + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else ""))
+            print(
+                f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})"
+                + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else "")
+            )
     on_main(accelerator, lambda: trackers.start(accelerator, cfg, step, resumed=resume_from is not None))
 
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -136,9 +156,16 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     world = accelerator.num_processes
 
     def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
-        state = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "fingerprint": fingerprint,
-                 "selector": selector.state_dict(), "ledger": ledger.state_dict(), "data": loader_state,
-                 "sampling": sampling.state_dict()}
+        state = {
+            "step": step,
+            "epoch": epoch_,
+            "batch_in_epoch": batch_in_epoch,
+            "fingerprint": fingerprint,
+            "selector": selector.state_dict(),
+            "ledger": ledger.state_dict(),
+            "data": loader_state,
+            "sampling": sampling.state_dict(),
+        }
         return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
     def cost_fields() -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
@@ -150,8 +177,10 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
     stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
     preempted = False
     student.train()
-    with PreemptionFlag(repeat_aborts=world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ) as preemption, \
-            _stop_cleanly(out, lambda: step):
+    with (
+        PreemptionFlag(repeat_aborts=world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ) as preemption,
+        _stop_cleanly(out, lambda: step),
+    ):
         while step < total_steps and epoch < cfg.train.epochs and not preempted:
             if data_state is not None and data_state["dali"]:  # continue the epoch exactly: samples and crops
                 data.train.load_state_dict(data_state)
@@ -162,8 +191,12 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
             batch_in_epoch = start_batch
             for images, labels in data.train:
                 loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
-                ledger.add_step(batch=n.batch * world, teacher=n.teacher * world,
-                                student_fwd=n.student_fwd * world, student_bwd=n.student_bwd * world)
+                ledger.add_step(
+                    batch=n.batch * world,
+                    teacher=n.teacher * world,
+                    student_fwd=n.student_fwd * world,
+                    student_bwd=n.student_bwd * world,
+                )
                 loss_sum += loss  # stays on the device: read once per log_every steps
                 step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
                 bar.update(1)
@@ -171,13 +204,20 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
                 if step % cfg.train.log_every == 0 or step == total_steps:
                     mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
                     dt = time.perf_counter() - t_log
-                    row = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                           "img_per_s": steps_since_log * n.batch * world / dt, **cost_fields()}
+                    row = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": mean_loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "img_per_s": steps_since_log * n.batch * world / dt,
+                        **cost_fields(),
+                    }
                     if step_fn.skipped:
                         row["skipped_steps"] = step_fn.skipped
                     log.write(row)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}",
-                                    cost=f"{row['cost_fraction']:.3f}")
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}", cost=f"{row['cost_fraction']:.3f}"
+                    )
                     loss_sum.zero_()
                     t_log, steps_since_log = time.perf_counter(), 0
                 mid_epoch = batch_in_epoch < steps_per_epoch
@@ -212,16 +252,31 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
         if not (latest and latest.name == f"step-{step}"):
             latest = save(start_batch, epoch, stop_state)
         if preempted:
-            summary = {"step": step, "epoch": epoch, "preempted": True, "signal": preemption.signal_name,
-                       "checkpoint": str(latest), **cost_fields()}
+            summary = {
+                "step": step,
+                "epoch": epoch,
+                "preempted": True,
+                "signal": preemption.signal_name,
+                "checkpoint": str(latest),
+                **cost_fields(),
+            }
             log.write(summary)
             accelerator.wait_for_everyone()
             return summary
         ckpt.save_final(accelerator, student, out)
         last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
         result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
-        summary = {"step": step, "epoch": epoch, "final": True, **result, "checkpoint": str(latest),
-                   **cost_fields(), "Ft": ledger.Ft, "Fs": ledger.Fs, "Bs": ledger.Bs}
+        summary = {
+            "step": step,
+            "epoch": epoch,
+            "final": True,
+            **result,
+            "checkpoint": str(latest),
+            **cost_fields(),
+            "Ft": ledger.Ft,
+            "Fs": ledger.Fs,
+            "Bs": ledger.Bs,
+        }
         if run.teacher is not None:
             t_eval = evaluate(run.teacher, data.val, accelerator)
             summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
@@ -236,8 +291,9 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     need = _checkpoint_bytes(student, cfg.train.keep_checkpoints)
     free = shutil.disk_usage(out).free
     if free < need:
-        raise UserError(f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about "
-                         f"{need / 2**30:.2f} GiB")
+        raise UserError(
+            f"out_dir={out}: {free / 2**30:.2f} GiB free, the checkpoints need about {need / 2**30:.2f} GiB"
+        )
     path, notes = ckpt.find_resume(cfg.resume, out, fingerprint["world_size"])
     _print(True, notes)
     if path is None:
@@ -245,13 +301,16 @@ def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint:
     saved = ckpt.load_trainer_state(path, 0)["fingerprint"]
     differs = [f"{k}={saved[k]!r} (this run: {fingerprint.get(k)!r})" for k in saved if saved[k] != fingerprint.get(k)]
     if differs and not cfg.resume_force:
-        raise UserError(f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
-                         "resume_force=true resumes anyway (the optimizer keeps its saved settings)")
+        raise UserError(
+            f"resume={cfg.resume}: {path} was saved with {', '.join(differs)}; "
+            "resume_force=true resumes anyway (the optimizer keeps its saved settings)"
+        )
     own = {k: tuple(v.shape) for k, v in student.state_dict().items()}  # the unwrapped module's names
     mismatch = shapes_mismatch(own, ckpt.saved_model_shapes(path))
     if mismatch:
-        raise UserError(f"resume={cfg.resume}: {path} holds another student than model.student="
-                         f"{cfg.model.student}: {mismatch}")
+        raise UserError(
+            f"resume={cfg.resume}: {path} holds another student than model.student={cfg.model.student}: {mismatch}"
+        )
     return path
 
 
@@ -259,8 +318,7 @@ def optimizer_identity(cfg: Config) -> dict:
     """The optimizer settings a resume cannot change: Accelerate restores the saved param groups (lr, momentum,
     weight decay), so a new value in the config would be ignored while config.yaml claimed it."""
     o = cfg.optim
-    return {f"optim.{k}": getattr(o, k) for k in ("lr", "momentum", "nesterov", "weight_decay",
-                                                  "decay_norm_and_bias")}
+    return {f"optim.{k}": getattr(o, k) for k in ("lr", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias")}
 
 
 def data_identity(data) -> dict:
@@ -271,7 +329,7 @@ def data_identity(data) -> dict:
     if index is not None:  # a folder: the files themselves (a dataset that changed between runs is refused)
         root = str(data.root.resolve()) + "/"
         for f in index.files:
-            h.update((f[len(root):] if f.startswith(root) else f).encode() + b"\n")
+            h.update((f[len(root) :] if f.startswith(root) else f).encode() + b"\n")
         n = len(index.files)
     else:
         labels = data.train.labels
@@ -287,14 +345,18 @@ def _stop_cleanly(out: Path, current_step):
     try:
         yield
     except NonFiniteError:
-        raise NonFiniteError(f"non-finite loss or gradient at step {current_step() + 1}: the weights were not "
-                             f"updated; last complete checkpoint: {ckpt.latest_checkpoint(out) or 'none'}") from None
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {current_step() + 1}: the weights were not "
+            f"updated; last complete checkpoint: {ckpt.latest_checkpoint(out) or 'none'}"
+        ) from None
     except RuntimeError as e:
         if not is_collective_timeout(e) or isinstance(e, RunStopped):
             raise
-        raise PeerTimeoutError(f"step {current_step() + 1}: another process did not answer within the collective "
-                               "timeout (train.step_timeout_min): it is stuck or died; last complete checkpoint: "
-                               f"{ckpt.latest_checkpoint(out) or 'none'}") from None
+        raise PeerTimeoutError(
+            f"step {current_step() + 1}: another process did not answer within the collective "
+            "timeout (train.step_timeout_min): it is stuck or died; last complete checkpoint: "
+            f"{ckpt.latest_checkpoint(out) or 'none'}"
+        ) from None
 
 
 def _print(enabled: bool, lines: list[str]) -> None:
@@ -321,9 +383,15 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     student = create_model(cfg.model.student, num_classes)
     teacher = None
     if distill:
-        teacher = create_model(cfg.model.teacher, num_classes, pretrained=cfg.model.pretrained_teacher,
-                               checkpoint=cfg.model.teacher_checkpoint, weights=cfg.model.teacher_weights,
-                               trust=cfg.model.trust_checkpoint, log=accelerator.print)
+        teacher = create_model(
+            cfg.model.teacher,
+            num_classes,
+            pretrained=cfg.model.pretrained_teacher,
+            checkpoint=cfg.model.teacher_checkpoint,
+            weights=cfg.model.teacher_weights,
+            trust=cfg.model.trust_checkpoint,
+            log=accelerator.print,
+        )
         teacher.eval().requires_grad_(False)
 
     # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
@@ -332,8 +400,9 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     features = None
     if distill and cfg.loss.feature != "none":  # AT / SP: the layers, checked before the models move
         L = cfg.loss
-        t_layers, s_layers = resolve_layers(cfg.model.teacher, teacher, cfg.model.student, student,
-                                            L.teacher_layers, L.student_layers)
+        t_layers, s_layers = resolve_layers(
+            cfg.model.teacher, teacher, cfg.model.student, student, L.teacher_layers, L.student_layers
+        )
         features = FeatureDistill(L.feature, L.at_weight if L.feature == "at" else L.sp_weight, t_layers, s_layers)
 
     configure_backends(accelerator.device)
@@ -346,17 +415,32 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     if teacher is not None:
         teacher.to(accelerator.device)
     selector = make_selector(cfg, accelerator, cfg.selection.method if distill else "kd", ledger, student)
-    step = DistillStep(accelerator, student, teacher, optimizer, scheduler, selector,
-                       temperature=cfg.loss.temperature, kd_weight=cfg.loss.kd_weight, ce_weight=cfg.loss.ce_weight,
-                       nonfinite=cfg.train.nonfinite, features=features)
+    step = DistillStep(
+        accelerator,
+        student,
+        teacher,
+        optimizer,
+        scheduler,
+        selector,
+        temperature=cfg.loss.temperature,
+        kd_weight=cfg.loss.kd_weight,
+        ce_weight=cfg.loss.ce_weight,
+        nonfinite=cfg.train.nonfinite,
+        features=features,
+    )
     step.student_call = compile_student(student, cfg.train.compile_student)  # saving/eval keep the module
     if teacher is not None:
         step.teacher_call = TeacherForward(teacher, teacher_mode(cfg, accelerator.device, features is not None))
     return Run(student, teacher, optimizer, scheduler, selector, ledger, step)
 
 
-def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: CostLedger | None = None,
-                  student: torch.nn.Module | None = None):
+def make_selector(
+    cfg: Config,
+    accelerator: Accelerator,
+    method: str,
+    ledger: CostLedger | None = None,
+    student: torch.nn.Module | None = None,
+):
     """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times).
 
     Compute-budget mode (`selection.budget`, needs the ledger's per-image FLOPs): k is chosen so the run
@@ -365,15 +449,33 @@ def make_selector(cfg: Config, accelerator: Accelerator, method: str, ledger: Co
     s = cfg.selection
     k = s.k
     if s.budget is not None and ledger is not None and method != "kd":
-        k, line = budget_k(method, s.budget, s.budget_convention, N=cfg.data.batch_size, Ft=ledger.Ft,
-                           Fs=ledger.Fs, measured_Bs=ledger.Bs)
+        k, line = budget_k(
+            method,
+            s.budget,
+            s.budget_convention,
+            N=cfg.data.batch_size,
+            Ft=ledger.Ft,
+            Fs=ledger.Fs,
+            measured_Bs=ledger.Bs,
+        )
         if accelerator.is_main_process:
             print(line)
     _check_batchnorm_rows(cfg, method, k, accelerator.unwrap_model(student) if student is not None else None)
-    selector = build_selector(method, k=k, alpha=s.alpha, w=s.w, b=s.b, criterion=s.criterion,
-                              score_mode=s.score_mode, tl_alpha=s.tl_alpha, pool=s.pool, n_pick=s.n_pick,
-                              pick_criterion=s.pick_criterion, temperature=cfg.loss.temperature,
-                              seed=cfg.seed + accelerator.process_index)  # per-rank selection randomness
+    selector = build_selector(
+        method,
+        k=k,
+        alpha=s.alpha,
+        w=s.w,
+        b=s.b,
+        criterion=s.criterion,
+        score_mode=s.score_mode,
+        tl_alpha=s.tl_alpha,
+        pool=s.pool,
+        n_pick=s.n_pick,
+        pick_criterion=s.pick_criterion,
+        temperature=cfg.loss.temperature,
+        seed=cfg.seed + accelerator.process_index,
+    )  # per-rank selection randomness
     mode = selection_graph_mode(cfg, accelerator.device)
     return graphed(selector, mode=mode) if mode else selector  # UNIX: one CUDA graph replay per step
 
@@ -386,12 +488,16 @@ def _check_batchnorm_rows(cfg: Config, method: str, k, student: torch.nn.Module 
         return
     N = cfg.data.batch_size
     if N < 2:
-        raise ConfigError(f"config key 'data.batch_size' must be >= 2 for the student {cfg.model.student} "
-                          f"(it has BatchNorm layers, which need 2 or more images per batch), got {N}")
+        raise ConfigError(
+            f"config key 'data.batch_size' must be >= 2 for the student {cfg.model.student} "
+            f"(it has BatchNorm layers, which need 2 or more images per batch), got {N}"
+        )
     if method in BUDGET_METHODS and resolve_k(k, N) < 2:
         key, value = ("budget", cfg.selection.budget) if cfg.selection.budget is not None else ("k", cfg.selection.k)
-        raise ConfigError(f"config key 'selection.{key}'={value!r} leaves 1 row per step for the student "
-                          f"{cfg.model.student}, whose BatchNorm layers need 2 or more")
+        raise ConfigError(
+            f"config key 'selection.{key}'={value!r} leaves 1 row per step for the student "
+            f"{cfg.model.student}, whose BatchNorm layers need 2 or more"
+        )
 
 
 def _checkpoint_bytes(student: torch.nn.Module, keep: int) -> int:

@@ -20,7 +20,6 @@ No `from __future__ import annotations` here: an FX-traced graph copies `forward
 and TorchScript cannot read them back as strings.
 """
 
-
 import torch
 import torch.utils.checkpoint
 from timm.layers import SelectAdaptivePool2d
@@ -31,9 +30,14 @@ from torch import nn
 from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
 
 
-def conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def conv_bn(
+    in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
     """conv (no bias) → BatchNorm → ReLU (optional): the unit most of these nets are made of."""
-    layers = [nn.Conv2d(in_chs, out_chs, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_chs)]
+    layers = [
+        nn.Conv2d(in_chs, out_chs, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_chs),
+    ]
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -42,9 +46,21 @@ def conv_bn(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int
 class CifarNet(nn.Module):
     """stem → stages[0..S-1] → final → global pool → (dropout) → fc."""
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, *, stem_chs: int,
-                 stage_chs: list[int], stage_reductions: list[int], num_features: int, num_classes: int = 100,
-                 stem_reduction: int = 1, drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: list[nn.Module],
+        final: nn.Module,
+        *,
+        stem_chs: int,
+        stage_chs: list[int],
+        stage_reductions: list[int],
+        num_features: int,
+        num_classes: int = 100,
+        stem_reduction: int = 1,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -53,7 +69,8 @@ class CifarNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=stem_chs, reduction=stem_reduction, module="stem")] + [
-            dict(num_chs=c, reduction=r, module=f"stages.{i}") for i, (c, r) in enumerate(zip(stage_chs, stage_reductions))
+            dict(num_chs=c, reduction=r, module=f"stages.{i}")
+            for i, (c, r) in enumerate(zip(stage_chs, stage_reductions))
         ]
         # global_pool and fc, made last as before: the fc's init draws from the RNG after the body's
         self.reset_classifier(num_classes, "avg" if global_pool is None else global_pool)
@@ -82,8 +99,10 @@ class CifarNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, object]:
         """Parameter groups for timm's layer-wise lr decay: stem, then each stage (coarse) or each module of a
         stage's Sequential (fine), then `final`; the fc goes last."""
-        return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
-                                           (r"^final", (99999,))])
+        return dict(
+            stem=r"^stem",
+            blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None), (r"^final", (99999,))],
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -128,8 +147,9 @@ class CifarNet(nn.Module):
             return x, intermediates
         return self.final(x), intermediates
 
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop what the features at `indices` do not need (timm's features_only calls this); returns the indices."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         if max_index < len(self.stages):
@@ -167,17 +187,36 @@ def default_cfg(pool_size: tuple[int, int], **overrides) -> dict:
     Tiny-ImageNet benchmark at 64 px. No `license`: in timm it is the license of the weights, and there are none;
     a user's trained weights carry whatever license the user gives them.
     """
-    return dict(url="", num_classes=100, input_size=(3, 32, 32), pool_size=pool_size, fixed_input_size=False,
-                crop_pct=1.0, interpolation="bilinear", mean=CIFAR100_MEAN, std=CIFAR100_STD, first_conv="stem.0",
-                classifier="fc", paper_name="Contrastive Representation Distillation", paper_ids="arXiv:1910.10699",
-                origin_url="https://github.com/HobbitLong/RepDistiller", **overrides)
+    return dict(
+        url="",
+        num_classes=100,
+        input_size=(3, 32, 32),
+        pool_size=pool_size,
+        fixed_input_size=False,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        first_conv="stem.0",
+        classifier="fc",
+        paper_name="Contrastive Representation Distillation",
+        paper_ids="arXiv:1910.10699",
+        origin_url="https://github.com/HobbitLong/RepDistiller",
+        **overrides,
+    )
 
 
 def build(model_cls, variant: str, pretrained: bool, num_stages: int, **kwargs) -> nn.Module:
     """timm's builder; `features_only=True` is served by `forward_intermediates` (stem + every stage by default)."""
     if pretrained:
-        raise ValueError(f"{variant}: there are no published pretrained weights; train a teacher "
-                         "(selection.method=none) and pass model.teacher_checkpoint")
-    return build_model_with_cfg(model_cls, variant, pretrained=False,
-                                feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_stages + 1))),
-                                **kwargs)
+        raise ValueError(
+            f"{variant}: there are no published pretrained weights; train a teacher "
+            "(selection.method=none) and pass model.teacher_checkpoint"
+        )
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained=False,
+        feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_stages + 1))),
+        **kwargs,
+    )

@@ -36,8 +36,14 @@ class InvertedResidual(nn.Module):
 
 
 class CifarMobileNetV2(CifarNet):
-    def __init__(self, width: float = 0.5, in_chans: int = 3, num_classes: int = 100, drop_rate: float = 0.0,
-                 global_pool: str = "avg"):
+    def __init__(
+        self,
+        width: float = 0.5,
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         in_chs = int(32 * width)
         stem = conv_bn(in_chans, in_chs, 3, 2)
         groups = []
@@ -56,9 +62,19 @@ class CifarMobileNetV2(CifarNet):
             chs.append(groups[members[-1]][1])
             reductions.append(reduction)
         last = int(1280 * width) if width > 1.0 else 1280
-        super().__init__(stem, stages, conv_bn(in_chs, last, 1), stem_chs=int(32 * width), stage_chs=chs,
-                         stage_reductions=reductions, num_features=last, num_classes=num_classes,
-                         stem_reduction=2, drop_rate=drop_rate, global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            conv_bn(in_chs, last, 1),
+            stem_chs=int(32 * width),
+            stage_chs=chs,
+            stage_reductions=reductions,
+            num_features=last,
+            num_classes=num_classes,
+            stem_reduction=2,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))

@@ -54,8 +54,17 @@ def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
 
 
 class CifarResNet(CifarNet):
-    def __init__(self, block: str = "basic", depths=(3, 3, 3), stem_width: int = 16, widths=(16, 32, 64),
-                 in_chans: int = 3, num_classes: int = 100, drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        block: str = "basic",
+        depths=(3, 3, 3),
+        stem_width: int = 16,
+        widths=(16, 32, 64),
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         stem = conv_bn(in_chans, stem_width, 3)
         stages, chs, reductions, in_chs, reduction = [], [], [], stem_width, 1
@@ -69,8 +78,18 @@ class CifarResNet(CifarNet):
             stages.append(nn.Sequential(*blocks))
             chs.append(in_chs)
             reductions.append(reduction)
-        super().__init__(stem, stages, nn.Identity(), stem_chs=stem_width, stage_chs=chs, stage_reductions=reductions,
-                         num_features=in_chs, num_classes=num_classes, drop_rate=drop_rate, global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            nn.Identity(),
+            stem_chs=stem_width,
+            stage_chs=chs,
+            stage_reductions=reductions,
+            num_features=in_chs,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -98,8 +117,9 @@ MODEL_ARGS = {
 }
 
 # last feature map at 32 px: 8×8 after strides 1/2/2; ResNet50's fourth stage halves it again
-default_cfgs = generate_default_cfgs({name: default_cfg((4, 4) if name == "cifar_resnet50" else (8, 8))
-                                     for name in MODEL_ARGS})
+default_cfgs = generate_default_cfgs(
+    {name: default_cfg((4, 4) if name == "cifar_resnet50" else (8, 8)) for name in MODEL_ARGS}
+)
 
 
 @register_model

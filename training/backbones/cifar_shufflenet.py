@@ -51,8 +51,16 @@ class ShuffleV1Unit(nn.Module):
 
 
 class CifarShuffleV1(CifarNet):
-    def __init__(self, widths=(240, 480, 960), depths=(4, 8, 4), groups: int = 3, in_chans: int = 3,
-                 num_classes: int = 100, drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        widths=(240, 480, 960),
+        depths=(4, 8, 4),
+        groups: int = 3,
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         stem = conv_bn(in_chans, 24, 1)
         stages, in_chs = [], 24
         for width, depth in zip(widths, depths):
@@ -61,9 +69,18 @@ class CifarShuffleV1(CifarNet):
                 units.append(ShuffleV1Unit(in_chs, width, 2 if j == 0 else 1, groups))
                 in_chs = width
             stages.append(nn.Sequential(*units))
-        super().__init__(stem, stages, nn.Identity(), stem_chs=24, stage_chs=list(widths), stage_reductions=[2, 4, 8],
-                         num_features=widths[-1], num_classes=num_classes, drop_rate=drop_rate,
-                         global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            nn.Identity(),
+            stem_chs=24,
+            stage_chs=list(widths),
+            stage_reductions=[2, 4, 8],
+            num_features=widths[-1],
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
 
 
 # --- ShuffleNetV2 -----------------------------------------------------------------------------------------
@@ -75,8 +92,9 @@ class ShuffleV2Unit(nn.Module):
     def __init__(self, chs: int):
         super().__init__()
         half = chs // 2
-        self.branch = nn.Sequential(conv_bn(half, half, 1), conv_bn(half, half, 3, groups=half, act=False),
-                                    conv_bn(half, half, 1))
+        self.branch = nn.Sequential(
+            conv_bn(half, half, 1), conv_bn(half, half, 3, groups=half, act=False), conv_bn(half, half, 1)
+        )
 
     def forward(self, x):
         half = x.shape[1] // 2
@@ -90,24 +108,42 @@ class ShuffleV2Down(nn.Module):
         super().__init__()
         half = out_chs // 2
         self.left = nn.Sequential(conv_bn(in_chs, in_chs, 3, 2, groups=in_chs, act=False), conv_bn(in_chs, half, 1))
-        self.right = nn.Sequential(conv_bn(in_chs, half, 1), conv_bn(half, half, 3, 2, groups=half, act=False),
-                                   conv_bn(half, half, 1))
+        self.right = nn.Sequential(
+            conv_bn(in_chs, half, 1), conv_bn(half, half, 3, 2, groups=half, act=False), conv_bn(half, half, 1)
+        )
 
     def forward(self, x):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
 
 
 class CifarShuffleV2(CifarNet):
-    def __init__(self, widths=(116, 232, 464), depths=(3, 7, 3), last: int = 1024, in_chans: int = 3,
-                 num_classes: int = 100, drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        widths=(116, 232, 464),
+        depths=(3, 7, 3),
+        last: int = 1024,
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         stem = conv_bn(in_chans, 24, 1)
         stages, in_chs = [], 24
         for width, depth in zip(widths, depths):
             stages.append(nn.Sequential(ShuffleV2Down(in_chs, width), *[ShuffleV2Unit(width) for _ in range(depth)]))
             in_chs = width
-        super().__init__(stem, stages, conv_bn(in_chs, last, 1), stem_chs=24, stage_chs=list(widths),
-                         stage_reductions=[2, 4, 8], num_features=last, num_classes=num_classes, drop_rate=drop_rate,
-                         global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            conv_bn(in_chs, last, 1),
+            stem_chs=24,
+            stage_chs=list(widths),
+            stage_reductions=[2, 4, 8],
+            num_features=last,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
 
 
 default_cfgs = generate_default_cfgs({"cifar_shufflev1": default_cfg((4, 4)), "cifar_shufflev2": default_cfg((4, 4))})

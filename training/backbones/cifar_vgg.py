@@ -45,17 +45,32 @@ class MaxPoolAbove(nn.Module):
 
 
 class CifarVGG(CifarNet):
-    def __init__(self, blocks=((64,), (128,), (256,), (512,), (512,)), in_chans: int = 3, num_classes: int = 100,
-                 drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        blocks=((64,), (128,), (256,), (512,), (512,)),
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         stem = _block(in_chans, blocks[0])
         stages, in_chs = [], blocks[0][-1]
         for i, widths in enumerate(blocks[1:]):
             pool = MaxPoolAbove(4) if i == 3 else nn.MaxPool2d(2)
             stages.append(nn.Sequential(pool, *_block(in_chs, widths)))
             in_chs = widths[-1]
-        super().__init__(stem, stages, nn.Identity(), stem_chs=blocks[0][-1], stage_chs=[b[-1] for b in blocks[1:]],
-                         stage_reductions=[2, 4, 8, 8], num_features=in_chs, num_classes=num_classes,
-                         drop_rate=drop_rate, global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            nn.Identity(),
+            stem_chs=blocks[0][-1],
+            stage_chs=[b[-1] for b in blocks[1:]],
+            stage_reductions=[2, 4, 8, 8],
+            num_features=in_chs,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))

@@ -32,8 +32,15 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(CifarNet):
-    def __init__(self, depth: int = 16, width: int = 1, in_chans: int = 3, num_classes: int = 100,
-                 drop_rate: float = 0.0, global_pool: str = "avg"):
+    def __init__(
+        self,
+        depth: int = 16,
+        width: int = 1,
+        in_chans: int = 3,
+        num_classes: int = 100,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
         assert (depth - 4) % 6 == 0, depth
         n = (depth - 4) // 6
         chs = [16 * width, 32 * width, 64 * width]
@@ -41,12 +48,25 @@ class WideResNet(CifarNet):
         stages, in_chs = [], 16
         for i, out_chs in enumerate(chs):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[PreActBlock(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1)
-                                          for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[PreActBlock(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1) for j in range(n)]
+                )
+            )
             in_chs = out_chs
         final = nn.Sequential(nn.BatchNorm2d(chs[-1]), nn.ReLU(inplace=True))
-        super().__init__(stem, stages, final, stem_chs=16, stage_chs=chs, stage_reductions=[1, 2, 4],
-                         num_features=chs[-1], num_classes=num_classes, drop_rate=drop_rate, global_pool=global_pool)
+        super().__init__(
+            stem,
+            stages,
+            final,
+            stem_chs=16,
+            stage_chs=chs,
+            stage_reductions=[1, 2, 4],
+            num_features=chs[-1],
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            global_pool=global_pool,
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He init with fan-out, as the WRN authors
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
