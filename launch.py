@@ -60,13 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     add_measure_commands(sub)
     args = parser.parse_args(argv)
 
-    from training.config import ConfigError
+    from training.errors import USER_ERRORS
     from training.guards import RunStopped
-    from training.models import ModelError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ModelError, ValueError, FileNotFoundError, ImportError) as e:
+    except USER_ERRORS as e:  # the user's input: one line, exit 2. Anything else is our bug: its traceback shows
         if os.environ.get("UNIXKD_DEBUG"):
             raise
         _error(e)

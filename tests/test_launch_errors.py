@@ -126,3 +126,25 @@ def test_the_unixkd_console_command_is_the_same_parser(tmp_path):
         [str(exe), "status", str(tmp_path / "nowhere")], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert status.returncode == 2 and status.stderr.count("\n") == 1 and status.stderr.startswith("error: ")
+
+
+def test_only_user_errors_are_exit_2_our_own_bugs_keep_their_traceback(monkeypatch, capsys):
+    """Exit 2 means "your input is wrong": a UserError (ConfigError, ModelError, DataError are kinds of it) is one
+    line. A plain ValueError from inside a command is a broken invariant of ours, so it escapes with its traceback
+    (the process exits 1) instead of being dressed up as the user's mistake."""
+    import launch
+    from pipeline.errors import DataError
+    from training.config import ConfigError
+    from training.errors import UserError
+
+    for kind in (UserError, ConfigError, DataError):
+        monkeypatch.setitem(launch.COMMANDS, "cost", lambda args, kind=kind: (_ for _ in ()).throw(kind("bad --k")))
+        assert launch.main(["cost"]) == 2
+        assert capsys.readouterr().err.strip() == "error: bad --k"
+
+    def internal_bug(args):
+        raise ValueError("shape mismatch inside the step")
+
+    monkeypatch.setitem(launch.COMMANDS, "cost", internal_bug)
+    with pytest.raises(ValueError, match="inside the step"):
+        launch.main(["cost"])

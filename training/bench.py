@@ -43,6 +43,7 @@ from selection import GraphedUnixSelector
 from .bench_micro import format_micro, selection_micro, teacher_micro, teacher_modes_for
 from .config import Config, ConfigError, to_dict
 from .cost import CostLedger
+from .errors import UserError
 from .fastpath import TeacherForward, eager_step, step_modes
 from .step import DistillStep, StepCounts
 from .targets import format_targets, targets
@@ -107,10 +108,10 @@ def bench(
     if fast_path not in FAST_PATHS:
         raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
     if steps < 1 or warmup < 0:
-        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     accelerator = accelerator or make_accelerator(cfg)
     if accelerator.num_processes > 1:
-        raise ValueError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
+        raise UserError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
     device, N = accelerator.device, cfg.data.batch_size
     t_modes = teacher_modes_for(teacher_modes, device)  # checked before anything is built
     modes = ["synthetic", "pipeline"] if data == "both" else [data]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import UserError
+
 CONVENTIONS = ("paper", "measured")
 
 
@@ -26,12 +28,12 @@ def backward_flops(convention: str, Fs: float, measured_Bs: float | None = None)
         return Fs
     if convention == "measured":
         if measured_Bs is None:
-            raise ValueError(
+            raise UserError(
                 "selection.budget_convention=measured needs the student's measured backward FLOPs, "
                 "but none was given; use selection.budget_convention=paper"
             )
         return float(measured_Bs)
-    raise ValueError(f"selection.budget_convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
+    raise UserError(f"selection.budget_convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
 
 
 def scoring_share(*, Ft: float, Fs: float, Bs: float, scores_batch: bool) -> float:
@@ -49,17 +51,17 @@ def k_for_budget(
 ) -> int:
     """The largest k in [1, N] whose cost is at most `budget` of KD's; one-line ValueError if none is."""
     if not budget > 0:
-        raise ValueError(f"selection.budget={budget!r} must be > 0 (a share of conventional KD's FLOPs)")
+        raise UserError(f"selection.budget={budget!r} must be > 0 (a share of conventional KD's FLOPs)")
     sigma = scoring_share(Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores_batch)
     if budget <= sigma:
-        raise ValueError(
+        raise UserError(
             f"selection.budget={budget:g} is at or below what {method}'s scoring pass alone costs "
             f"({sigma:.4f} of KD); the smallest budget that leaves one image of N={N} for the "
             f"teacher is {sigma + 1 / N:.4f}"
         )
     k = math.floor(N * (budget - sigma) + 1e-9)  # the epsilon absorbs float error in an exact product
     if k < 1:
-        raise ValueError(
+        raise UserError(
             f"selection.budget={budget:g} leaves no image of N={N} for the teacher after {method}'s "
             f"scoring pass ({sigma:.4f} of KD); the smallest budget here is {sigma + 1 / N:.4f}"
         )

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from .errors import UserError
+
 CONVENTIONS = ("paper", "measured")
 
 
@@ -151,11 +153,11 @@ def random_cost_ratio(N: int, k: int) -> float:
 def unix_k_for_budget(budget: float, N: int, ft_over_fs: float, bs_over_fs: float = 1.0) -> int:
     """The largest k whose UNIX step costs at most `budget` of KD's; a ValueError line if none does."""
     if not budget > 0:
-        raise ValueError(f"budget={budget!r} must be a fraction of KD's cost > 0")
+        raise UserError(f"budget={budget!r} must be a fraction of KD's cost > 0")
     overhead = 1.0 / (ft_over_fs + 1.0 + bs_over_fs)  # the scoring forward on all N
     k = min(N, math.floor(N * (budget - overhead) + 1e-9))
     if k < 1:
-        raise ValueError(
+        raise UserError(
             f"budget={budget}: UNIX's scoring forward alone costs {overhead:.4f} of KD, and one "
             f"teacher image {1 / N:.4f} more; no k in [1, {N}] fits"
         )

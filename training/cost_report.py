@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cost import check_convention, measure_pair, random_cost_ratio, unix_cost_ratio, unix_k_for_budget
+from .errors import UserError
 
 
 def parse_k(text: str, N: int) -> int:
@@ -15,11 +16,11 @@ def parse_k(text: str, N: int) -> int:
         try:
             k = float(text)
         except ValueError:
-            raise ValueError(f"--k {text!r} must be a count (192) or a fraction of N (0.75)") from None
+            raise UserError(f"--k {text!r} must be a count (192) or a fraction of N (0.75)") from None
     try:
         return resolve_k(k, N)
     except ValueError as e:
-        raise ValueError(f"--k {text}: {e}") from None
+        raise UserError(f"--k {text}: {e}") from None
 
 
 def cost_report(
@@ -41,12 +42,12 @@ def cost_report(
     """
     check_convention(convention)
     if N < 1:
-        raise ValueError(f"--batch-size {N} must be >= 1")
+        raise UserError(f"--batch-size {N} must be >= 1")
     kk = parse_k(str(k), N)
     Ft = Fs = Bs_measured = None
     if ft_over_fs is None:
         if not teacher or not student:
-            raise ValueError("cost needs --teacher and --student (or --ft-over-fs R to skip building models)")
+            raise UserError("cost needs --teacher and --student (or --ft-over-fs R to skip building models)")
         from .models import create_model
 
         per = measure_pair(create_model(teacher, num_classes), create_model(student, num_classes), image_size)
@@ -54,9 +55,9 @@ def cost_report(
         ratio, bs_ratio_measured = Ft / Fs, Bs_measured / Fs
     else:
         if not ft_over_fs > 0:
-            raise ValueError(f"--ft-over-fs {ft_over_fs} must be > 0")
+            raise UserError(f"--ft-over-fs {ft_over_fs} must be > 0")
         if convention == "measured" and bs_over_fs is None:
-            raise ValueError("--convention measured with --ft-over-fs needs --bs-over-fs (B_s/F_s, about 2)")
+            raise UserError("--convention measured with --ft-over-fs needs --bs-over-fs (B_s/F_s, about 2)")
         ratio, bs_ratio_measured = ft_over_fs, bs_over_fs
     bs_ratio = 1.0 if convention == "paper" else bs_ratio_measured
     report = {

@@ -29,6 +29,7 @@ from selection import GraphedUnixSelector
 
 from .config import Config, ConfigError, to_dict
 from .cost import flop_counter
+from .errors import UserError
 from .fastpath import eager_step, step_modes
 from .files import atomic_write_json, save_figure
 from .timing import Clock, build_timed_run, endless, environment, median, mfu, peak_flops, teacher_weights
@@ -154,14 +155,14 @@ def profile(
     if fast_path not in FAST_PATHS:
         raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
     if steps < 1 or warmup < 0:
-        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     cfg = copy.deepcopy(cfg)
     cfg.selection.method = method
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or make_accelerator(cfg)
     if accelerator.num_processes > 1:
-        raise ValueError("profile runs on one process; start it with python, not accelerate launch --multi_gpu")
+        raise UserError("profile runs on one process; start it with python, not accelerate launch --multi_gpu")
     device = accelerator.device
 
     from .data import build_data

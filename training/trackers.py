@@ -34,6 +34,7 @@ import secrets
 from pathlib import Path
 
 from .config import ConfigError, _flatten, to_dict
+from .errors import UserError
 
 TRACKERS_DIR = "trackers"
 RUN_FILE = "run.json"  # the run's id for trackers that resume by id (W&B)
@@ -53,7 +54,7 @@ _PACKAGES = {
 }
 
 
-class TrackerError(ValueError):
+class TrackerError(UserError):
     """A tracker that could not start or end, in one line (the run's own files are unaffected)."""
 
 
