@@ -36,7 +36,11 @@ pytestmark = pytest.mark.slow
 N, K, STEPS = 32, 24, 2
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cuda(test):
+    """Needs a CUDA device: marked `gpu` (what benchmarks/gpu_session.sh runs), skipped elsewhere."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 def overrides(tmp_path, digits_root, teacher_ckpt) -> list[str]:
