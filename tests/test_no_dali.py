@@ -53,6 +53,18 @@ def test_the_compute_modules_import_without_trying_dali():
     assert "tried []" in out.stdout, out.stdout
 
 
+def test_the_gpu_tests_of_the_fast_path_collect_without_trying_dali():
+    """What benchmarks/gpu_session.sh runs on the GPU machine (pytest -m gpu of these files) imports no DALI."""
+    files = ["tests/test_fastpath.py", "tests/test_syncs.py", "tests/test_unix.py", "tests/test_bench_profile.py"]
+    out = run_without_dali(
+        "import pytest\n"
+        f"code = pytest.main(['-q', '--collect-only', '-m', 'gpu', '-p', 'no:cacheprovider', *{files!r}])\n"
+        "print('code', int(code), 'tried', NoDali.tried)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "code 0 tried []" in out.stdout and " collected" in out.stdout, out.stdout[-3000:]
+
+
 @pytest.mark.slow
 def test_synthetic_bench_profile_and_cost_run_without_dali(tmp_path, digits_root, teacher_ckpt):
     """Through launch.py as a user runs them: bench on the resident batch (the classes from the digits folder,
