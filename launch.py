@@ -7,7 +7,8 @@
     python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
-    python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager] --out runs/profile
+    python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager]
+                             [--data pipeline|synthetic] --out runs/profile
     python launch.py report  runs/demo      (PNGs of a finished run: sampling heatmap, selected vs accuracy, curves)
     python launch.py status  runs/demo      (how the run ended; exit 0 if finished or preempted with a checkpoint)
     accelerate launch [--multi_gpu --num_processes 8 ...] launch.py train --config configs/imagenet/... data.root=...
@@ -296,6 +297,7 @@ def add_measure_commands(sub) -> None:
         else:
             p.add_argument("--selector", help="selector to profile (default: the config's selection.method)")
             p.add_argument("--fast-path", default="fused", help="fused (the run as it resolves) | eager")
+            p.add_argument("--data", default="pipeline", help="pipeline (the dataset, DALI) | synthetic (no DALI)")
             p.add_argument("--out", required=True, help="folder for profile.json and profile.png")
 
 
@@ -349,7 +351,7 @@ def cmd_profile(args) -> int:
     from training.profile import format_table, profile
     from training.timing import load_timing_config
 
-    cfg = load_timing_config(args.config, args.overrides, "pipeline")
+    cfg = load_timing_config(args.config, args.overrides, args.data)
     result = profile(
         cfg,
         selector=args.selector,
@@ -358,6 +360,7 @@ def cmd_profile(args) -> int:
         out_dir=args.out,
         fast_path=args.fast_path,
         note=args.note,
+        data=args.data,
     )
     print(format_table(result))
     png = Path(args.out) / "profile.png"

@@ -47,8 +47,8 @@ GRAIN = 10.0  # σ of the luminance noise, in 0..255 levels
 def source_photos(folder: Path | None = None) -> list[tuple[str, Image.Image]]:
     """scikit-learn's sample photos, bundled in its wheel (``load_sample_images`` reads them from disk).
 
-    ``folder``: read the same photos from there instead (``benchmarks/gpu_prepare.sh`` copies them for a GPU
-    machine that has no scikit-learn); the manifest's pixel hashes show they are the same.
+    ``folder``: read the same photos from there instead (copies, for a machine that has no scikit-learn); the
+    manifest's pixel hashes show they are the same.
     """
     if folder is not None:
         files = sorted(Path(folder).glob("*.jpg"))

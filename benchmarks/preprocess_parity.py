@@ -77,7 +77,7 @@ SOURCES = ("china.jpg", "flower.jpg")
 
 def source_files(photos_dir: Path | None = None) -> list[Path]:
     """scikit-learn's sample photos as shipped in its wheel, or the same files copied to ``photos_dir`` (a GPU
-    machine without scikit-learn: ``benchmarks/gpu_prepare.sh`` puts them in ``.gpu/photos``)."""
+    machine without scikit-learn: a copy of its two sample photos)."""
     if photos_dir is not None:
         files = [Path(photos_dir) / name for name in SOURCES]
         missing = [str(f) for f in files if not f.is_file()]

@@ -2,14 +2,15 @@
 CIFAR arrays in memory (DALI external source or a device-resident tensor loader); yield torch (images, labels)
 per rank.
 
-Knows DALI and nothing of models; nothing outside this package imports DALI. ``import pipeline`` works
-without DALI installed; constructing a ``DaliLoader`` then says how to install it.
+Knows DALI and nothing of models; nothing outside this package imports DALI. ``import pipeline`` does not
+import DALI at all: it is imported when first needed (a ``DaliLoader`` or ``ArrayDaliLoader`` built, ``scan
+--dali``), and without it that one-line ``DaliMissingError`` says how to install it.
 """
 
 from .array_dali import ArrayDaliLoader
 from .arrays import ImageArrays
 from .cifar import read_cifar
-from .dali import IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, DaliLoader
+from .dali import IMAGENET_LARGEST, IMAGENET_MEAN, IMAGENET_STD, DaliLoader, dali_import_error, dali_version
 from .demo_data import ensure_digits_dataset
 from .errors import DaliMissingError, DataError
 from .folder import FolderIndex, restrict, scan_folder
@@ -32,6 +33,8 @@ __all__ = [
     "ScanInterrupted",
     "ScanReport",
     "TensorLoader",
+    "dali_import_error",
+    "dali_version",
     "ensure_digits_dataset",
     "preflight",
     "read_cifar",

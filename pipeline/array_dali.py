@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from .arrays import ArrayLoaderBase, ImageArrays
-from .dali import _DALI_IMPORT_ERROR, _Epoch, _use_gpu
-from .errors import DaliMissingError
+from .dali import _Epoch, _use_gpu, require_dali
 
 
 class ArrayDaliLoader(ArrayLoaderBase):
@@ -34,11 +33,7 @@ class ArrayDaliLoader(ArrayLoaderBase):
     ):
         super().__init__(arrays, **kwargs)
         self.gpu = _use_gpu(device)
-        if _DALI_IMPORT_ERROR is not None:
-            raise DaliMissingError(
-                f"NVIDIA DALI is needed for ArrayDaliLoader ({_DALI_IMPORT_ERROR}); "
-                "use data.cifar_loader=tensor, or install nvidia-dali-cuda130"
-            )
+        require_dali("ArrayDaliLoader", "use data.cifar_loader=tensor, or install nvidia-dali-cuda130")
         self.device_id = (device_id if device_id is not None else torch.cuda.current_device()) if self.gpu else None
         self.target_device = torch.device(target_device)
         self.num_threads, self.prefetch = num_threads, prefetch

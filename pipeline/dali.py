@@ -46,14 +46,43 @@ from .output_format import dtype_name, nchw_view
 from .scan import BadFile, BadImageError, dali_reason, find_bad_file
 from .sharding import augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices, train_batches_per_rank
 
-try:
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+# NVIDIA DALI is imported on first need (a loader built, a DALI decode), never by `import pipeline`: what reads
+# no image files (synthetic bench/profile, cost, the fast-path tests) runs where DALI is absent or broken, e.g. a
+# GPU machine without it. `dali_import_error()` does the import once and remembers the outcome.
+DALIGenericIterator = LastBatchPolicy = Recipe = build_pipeline = None
+_DALI_IMPORT_ERROR: ImportError | None = None
+_DALI_TRIED = False
 
-    from .graphs import Recipe, build_pipeline
-except ImportError as err:  # `import pipeline` still works; building a loader says what to install
-    _DALI_IMPORT_ERROR: ImportError | None = err
-else:
-    _DALI_IMPORT_ERROR = None
+
+def dali_import_error() -> ImportError | None:
+    """None once NVIDIA DALI (and this package's graphs on it) imported; else the ImportError, each call the same."""
+    global DALIGenericIterator, LastBatchPolicy, Recipe, build_pipeline, _DALI_IMPORT_ERROR, _DALI_TRIED
+    if not _DALI_TRIED:
+        _DALI_TRIED = True
+        try:
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+            from .graphs import Recipe, build_pipeline
+        except ImportError as err:
+            _DALI_IMPORT_ERROR = err
+    return _DALI_IMPORT_ERROR
+
+
+def require_dali(what: str, fix: str = "install it: pip install nvidia-dali-cuda130 (CUDA 12: nvidia-dali-cuda120)"):
+    """Import DALI for `what`, or raise the one-line DaliMissingError saying what to do."""
+    err = dali_import_error()
+    if err is not None:
+        raise DaliMissingError(f"NVIDIA DALI is needed for {what} ({err}); {fix}")
+
+
+def dali_version() -> str | None:
+    """The version of the DALI that imports here (None where it does not): for the records of result files."""
+    if dali_import_error() is not None:
+        return None
+    import nvidia.dali
+
+    return nvidia.dali.__version__
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,11 +142,7 @@ class DaliLoader:
         self.dtype = dtype_name(dtype)
         self.channels_last = bool(channels_last)
         self.gpu = _use_gpu(device)  # checks the device string and CUDA before DALI is needed
-        if _DALI_IMPORT_ERROR is not None:
-            raise DaliMissingError(
-                f"NVIDIA DALI is needed for DaliLoader ({_DALI_IMPORT_ERROR}); "
-                "install it: pip install nvidia-dali-cuda130 (CUDA 12: nvidia-dali-cuda120)"
-            )
+        require_dali("DaliLoader")
         if train and train_batches_per_rank(len(index.files), batch_size, num_shards) == 0:
             raise DataError(
                 f"train set too small: {len(index.files)} images over {num_shards} shard(s) "
@@ -394,7 +419,7 @@ class _FaultFinder:
 def _dali_decode_problem(files: list[str]) -> BadFile | None:
     """The first of ``files`` DALI's CPU decoder fails on, each decoded alone (files PIL reads but DALI does not:
     e.g. a damaged Huffman-table marker that libjpeg papers over)."""
-    if not files or _DALI_IMPORT_ERROR is not None:
+    if not files or dali_import_error() is not None:
         return None
     from nvidia.dali import Pipeline, fn, types
 

@@ -258,6 +258,9 @@ def dali_problems(paths: list[str], workers: int, *, progress_every: int = PROGR
     Each worker process takes a contiguous share and publishes the index it is decoding before it decodes it, so a
     worker killed by a signal (DALI segfaulting on a file) names that file; a fresh worker resumes after it.
     """
+    from .dali import require_dali  # here: dali.py imports this module
+
+    require_dali("scan --dali", "install it (pip install nvidia-dali-cuda130), or scan without --dali")
     log = log or sys.stderr
     ctx = multiprocessing.get_context("fork")  # the children need no imports of their own; nothing runs threads
     results = ctx.SimpleQueue()

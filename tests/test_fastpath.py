@@ -18,7 +18,12 @@ from training.config import ConfigError, load_config
 from training.fastpath import TeacherForward, selection_graph_mode, teacher_mode
 from training.models import create_model
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+def cuda(test):
+    """Needs a CUDA device: marked `gpu` (what benchmarks/gpu_session.sh runs), skipped elsewhere."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+
+
 N, C, S = 16, 10, 32
 
 

@@ -187,7 +187,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def photos(tmp_path_factory, jpeg_folder_script):
     """256 train + 16 val ImageNet-like JPEGs (500 px, ~110 KB, baseline 4:2:0: what the hardware decoder takes)."""
     root = tmp_path_factory.mktemp("photos")
-    copied = Path(__file__).resolve().parent.parent / ".gpu" / "photos"  # the GPU box has no scikit-learn
+    copied = Path(__file__).resolve().parent.parent / ".gpu" / "photos"  # where scikit-learn is missing
     jpeg_folder_script.build(
         root,
         classes=4,

@@ -3,7 +3,7 @@ transforms on real photos (CPU mode; the GPU tests where CUDA is present), the g
 functions, the resize against Pillow's, and the config keys that choose the settings (training/preprocess.py).
 
 The photos are scikit-learn's two sample photos cut into 24 shapes and formats by benchmarks/preprocess_parity.py
-(on a GPU machine without scikit-learn, the copies benchmarks/gpu_prepare.sh puts in .gpu/photos).
+(where scikit-learn is missing, a copy of its two sample photos in .gpu/photos).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def photos(parity, tmp_path_factory) -> list[Path]:
     except ImportError:
         sources = REPO / ".gpu" / "photos"
         if not sources.is_dir():
-            pytest.skip("the photos come from scikit-learn or .gpu/photos (benchmarks/gpu_prepare.sh)")
+            pytest.skip("the photos come from scikit-learn, or a copy of its sample photos in .gpu/photos")
     paths = parity.make_photos(tmp_path_factory.mktemp("photos"), photos_dir=sources)
     import PIL
 

@@ -120,6 +120,17 @@ def build_data(cfg: Config, accelerator) -> Data:
     return Data(train=train, val=val, classes=train_index.classes, root=Path(root), preprocess=preprocess)
 
 
+def dataset_classes(cfg: Config, accelerator) -> list[str]:
+    """The classes `build_data` would give (a folder's listing, CIFAR's meta file), with no loader built and no
+    DALI imported: what a synthetic benchmark needs of a dataset when `model.num_classes` is not set."""
+    on_main(accelerator, lambda: dataset_root(cfg))
+    root = dataset_root(cfg)
+    if cfg.data.dataset in CIFAR_STATS:
+        return read_cifar(root, cfg.data.dataset, "train").classes
+    scan = scan_tinyimagenet if cfg.data.dataset == "tinyimagenet" else scan_folder
+    return scan(root, "train").classes
+
+
 def read_file_list(path: str, root: Path) -> dict[str, str]:
     """`data.file_list`: one path per line, relative to data.root (what `launch.py scan --write-clean-list` writes).
 

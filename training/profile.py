@@ -22,6 +22,7 @@ the counter. A graphed selection is one replay, where forward hooks do not fire:
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,18 @@ from .cost import flop_counter
 from .errors import UserError
 from .fastpath import eager_step, step_modes
 from .files import atomic_write_json, save_figure
-from .timing import Clock, build_timed_run, endless, environment, median, mfu, peak_flops, teacher_weights
+from .timing import (
+    Clock,
+    build_timed_run,
+    endless,
+    environment,
+    median,
+    mfu,
+    peak_flops,
+    synthetic_batch,
+    teacher_weights,
+    timing_data,
+)
 from .trainer import make_accelerator
 
 PHASES = (
@@ -145,8 +157,12 @@ def profile(
     fast_path: str = "fused",
     note: str = "",
     accelerator=None,
+    data: str = "pipeline",
 ) -> dict:
-    """Profile `selector` (default: the config's) on `cfg`; writes out_dir/profile.json and profile.png."""
+    """Profile `selector` (default: the config's) on `cfg`; writes out_dir/profile.json and profile.png.
+
+    `data`: `pipeline` (the configured dataset's loader, DALI) or `synthetic` (one random batch resident on the
+    device, as bench's synthetic mode: no dataset, no DALI; data_wait is then ~0)."""
     from selection import SELECTORS
 
     method = selector or cfg.selection.method
@@ -154,6 +170,8 @@ def profile(
         raise ConfigError(f"--selector {method}: not one of {', '.join(SELECTORS)}")
     if fast_path not in FAST_PATHS:
         raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
+    if data not in ("pipeline", "synthetic"):
+        raise ConfigError(f"--data {data}: profile takes pipeline or synthetic")
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     cfg = copy.deepcopy(cfg)
@@ -165,14 +183,16 @@ def profile(
         raise UserError("profile runs on one process; start it with python, not accelerate launch --multi_gpu")
     device = accelerator.device
 
-    from .data import build_data
-
-    data = build_data(cfg, accelerator)
-    run = build_timed_run(cfg, accelerator, cfg.model.num_classes or len(data.classes))
+    loaders = timing_data(cfg, accelerator, [data])
+    num_classes = cfg.model.num_classes or len(loaders.classes)
+    run = build_timed_run(cfg, accelerator, num_classes)
     step = run.step if fast_path == "fused" else eager_step(run.step)
     fused = isinstance(step.selector, GraphedUnixSelector)
     phases_used = PHASES_FUSED if fused else PHASES
-    batches = endless(data.train)
+    if data == "synthetic":
+        batches = itertools.repeat(synthetic_batch(cfg, num_classes, device, seed=cfg.seed))
+    else:
+        batches = endless(loaders.train)
 
     # FLOPs: one counted step on the eager twin (same models, options and generator): a capture under the
     # counter would add its warm-up calls, and replays are invisible to it
@@ -220,7 +240,7 @@ def profile(
         "environment": environment(device),
         "note": note,
         "selector": method,
-        "args": {"steps": steps, "warmup": warmup, "fast_path": fast_path},
+        "args": {"steps": steps, "warmup": warmup, "fast_path": fast_path, "data": data},
         "fast_path": {
             "requested": fast_path,
             "modes": step_modes(step),

@@ -79,10 +79,8 @@ def build_timed_run(cfg: Config, accelerator, num_classes: int, steps_per_epoch:
 
 
 def timing_data(cfg: Config, accelerator, modes: list[str]):
-    """The dataset's loaders when a mode reads it or the classes must come from it; None for synthetic only.
-
-    Synthetic batches need no dataset when `model.num_classes` is set.
-    """
+    """The dataset's loaders when a mode reads it; for synthetic only, None, or (no `model.num_classes`) a `Data`
+    with the dataset's classes and no loaders: synthetic batches never need DALI."""
     if modes == ["synthetic"] and cfg.model.num_classes:
         return None
     if modes == ["synthetic"] and cfg.data.dataset != "digits" and cfg.data.root in ("", PLACEHOLDER_ROOT):
@@ -90,8 +88,10 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
             "config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
             "without a dataset (data.root is empty)"
         )
-    from .data import build_data
+    from .data import Data, build_data, dataset_classes
 
+    if modes == ["synthetic"]:
+        return Data(train=None, val=None, classes=dataset_classes(cfg, accelerator), root=Path(cfg.data.root))
     return build_data(cfg, accelerator)
 
 
@@ -169,8 +169,14 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 def peak_flops(device: torch.device, mixed_precision: str) -> dict:
     """{"flops_per_s": the peak MFU divides by, or None; "basis": what it is}. Only for bf16/fp16 on CUDA:
-    fp32 runs elsewhere than the tensor cores' half-precision path, and a CPU has no figure here."""
+    fp32 runs elsewhere than the tensor cores' half-precision path, and a CPU has no figure here. The
+    environment's UNIXKD_PEAK_FLOPS (FLOP/s; UNIXKD_PEAK_BASIS says how it was measured) replaces the table for
+    bf16/fp16 on any device: benchmarks/gpu_session.sh sets it to the bf16 matmul peak measured on the machine."""
     device = torch.device(device)
+    measured = os.environ.get("UNIXKD_PEAK_FLOPS")  # benchmarks/gpu_session.sh: the peak it measured here
+    if measured and mixed_precision in ("bf16", "fp16"):
+        basis = os.environ.get("UNIXKD_PEAK_BASIS") or "UNIXKD_PEAK_FLOPS"
+        return {"flops_per_s": float(measured), "basis": f"measured: {basis}, {float(measured) / 1e12:.0f} TFLOP/s"}
     if device.type != "cuda":
         return {"flops_per_s": None, "basis": f"no peak for a {device.type} device"}
     name = torch.cuda.get_device_name(device)
@@ -231,12 +237,9 @@ def _versions() -> dict:
             out[name] = md.version(dist)
         except md.PackageNotFoundError:
             out[name] = None
-    try:
-        import nvidia.dali
+    from pipeline import dali_version  # the DALI that imports here, if any (nothing outside pipeline/ imports it)
 
-        out["dali"] = nvidia.dali.__version__
-    except ImportError:
-        out["dali"] = None
+    out["dali"] = dali_version()
     out["cuda"] = torch.version.cuda
     return out
 
