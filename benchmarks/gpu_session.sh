@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session's evidence for the fast path, in one call (issue 15): no DALI, no pip, no network needed.
+# One GPU session's evidence for the fast path, in one call: no DALI, no pip, no network needed.
 #
 #   bash benchmarks/gpu_session.sh OUT [smoke] [dali]
 #

@@ -27,7 +27,7 @@ def _header(r: dict, path: str) -> list[str]:
 
 def bench_table(r: dict, path: str) -> str:
     cfg = r["config"]
-    fast = "modes" in r["rows"][0]  # files from before issue 7's fast path have no path, MFU or targets
+    fast = "modes" in r["rows"][0]  # files from before the fast path have no path, MFU or targets
     lines = _header(r, path)
     lines.append(
         f"{cfg['model']['teacher']} → {cfg['model']['student']}, N = {cfg['data']['batch_size']}, "
@@ -154,7 +154,7 @@ def _targets_table(t: dict) -> list[str]:
 
 
 def profile_table(r: dict, path: str) -> str:
-    fast = "fast_path" in r  # files from before issue 7's fast path have no MFU
+    fast = "fast_path" in r  # files from before the fast path have no MFU
     lines = _header(r, path)
     modes = (
         (
