@@ -267,6 +267,13 @@ def add_measure_commands(sub) -> None:
     p.add_argument("--ft-over-fs", type=float, help="use this F_t/F_s instead of building models")
     p.add_argument("--bs-over-fs", type=float, help="with --ft-over-fs: B_s/F_s for --convention measured")
     p.add_argument("--budget", type=float, help="a fraction of KD's cost: print the k that meets it")
+    p.add_argument(
+        "--measure-time",
+        action="store_true",
+        help="also time the pair's step here (a short wall-clock calibration, random weights) and print the "
+        "predicted wall-clock fraction beside the FLOP fraction",
+    )
+    p.add_argument("--time-steps", type=int, default=3, help="with --measure-time: timed steps per point")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     for name, help_ in [
         ("bench", "time each selector's training step side by side (img/s, step and FLOP ratios)"),
@@ -315,7 +322,26 @@ def cmd_cost(args) -> int:
         bs_over_fs=args.bs_over_fs,
         budget=args.budget,
     )
-    print(json.dumps(report) if args.json else format_cost(report))
+    lines = []
+    if args.measure_time:
+        from training.wallclock import format_time_pair, time_pair
+
+        if args.ft_over_fs is not None:
+            from training.errors import UserError
+
+            raise UserError("--measure-time times the models: give --teacher and --student, not --ft-over-fs")
+        report["wallclock"] = time_pair(
+            teacher=args.teacher,
+            student=args.student,
+            image_size=args.image_size,
+            N=args.batch_size,
+            k=report["k"],
+            num_classes=args.num_classes,
+            budget=args.budget,
+            steps=args.time_steps,
+        )
+        lines = format_time_pair(report["wallclock"], report["ratio_unix"], report["ratio_random"])
+    print(json.dumps(report) if args.json else "\n".join([format_cost(report), *lines]))
     return 0
 
 
