@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selection.k=0.75")
         if name == "compare":
             p.add_argument("--methods", default="kd,random,unix", help="comma-separated selection.method values")
+            p.add_argument(
+                "--seeds",
+                help="comma-separated seeds (0,1,2): every method with every seed, mean ± std per method; "
+                "an interrupted compare run again reuses the runs it finished",
+            )
     p = sub.add_parser("scan", help="decode every image of a dataset folder once; report the broken ones")
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
@@ -116,9 +121,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from training.compare import format_runs_table, format_seeds_table, run_compare, write_result
     from training.config import ConfigError, load_config
-    from training.files import atomic_write_json
-    from training.recipes import format_table, run_methods
 
     cfg = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -130,10 +134,26 @@ def cmd_compare(args) -> int:
             f"--methods: unknown method(s) {bad or methods}; "
             f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}"
         )
-    rows = run_methods(cfg, methods)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds {args.seeds!r}: give one or more different integers, e.g. 0,1,2")
+    result = run_compare(cfg, methods, seeds)
     if _is_main():
-        print(format_table(rows))
-        atomic_write_json(os.path.join(cfg.out_dir, "compare.json"), rows, indent=1)
+        if result["runs"]:
+            print(format_seeds_table(result) if seeds is not None else format_runs_table(result))
+        for path in write_result(result, cfg.out_dir):
+            print(f"wrote {path}")
+        if not result["complete"]:
+            s = result["stopped"]
+            print(
+                f"compare stopped: {s['method']} seed {s['seed']} was {s['signal'] or 'stopped'} at step {s['step']}; "
+                "run the same command again to continue (finished runs are reused)"
+            )
     return 0
 
 
