@@ -1,10 +1,10 @@
 """unixkd's one entry point.
 
     python launch.py train   --config configs/demo.yaml [key=value ...]
-    python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
+    python launch.py compare --config configs/demo.yaml --methods kd,random,unix [--seeds 0,1,2] [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt] [--dali]
-    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
+    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192 [--measure-time]
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
     python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager] --out runs/profile
