@@ -1,10 +1,10 @@
 """unixkd's one entry point.
 
     python launch.py train   --config configs/demo.yaml [key=value ...]
-    python launch.py compare --config configs/demo.yaml --methods kd,random,unix [key=value ...]
+    python launch.py compare --config configs/demo.yaml --methods kd,random,unix [--seeds 0,1,2] [key=value ...]
     python launch.py eval    --config configs/demo.yaml checkpoint=runs/demo/unix/final/model.safetensors
     python launch.py scan    /data/imagenet [--write-clean-list clean.txt] [--dali]
-    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192
+    python launch.py cost    --teacher tv/resnet18 --student tv/shufflenet_v2_x0_5 --batch-size 256 --k 192 [--measure-time]
     python launch.py bench   --config configs/demo.yaml --selectors kd,random,unix --data both [--peer timm]
                              [--fast-path fused|eager|both] [--teacher-modes auto|none|eager,graph,compile]
     python launch.py profile --config configs/demo.yaml --selector unix [--fast-path fused|eager]
@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selection.k=0.75")
         if name == "compare":
             p.add_argument("--methods", default="kd,random,unix", help="comma-separated selection.method values")
+            p.add_argument(
+                "--seeds",
+                help="comma-separated seeds (0,1,2): every method with every seed, mean ± std per method; "
+                "an interrupted compare run again reuses the runs it finished",
+            )
     p = sub.add_parser("scan", help="decode every image of a dataset folder once; report the broken ones")
     p.add_argument("path", help="dataset root (with train/ and val/ class folders)")
     p.add_argument("--write-clean-list", metavar="FILE", help="write the good images' paths (for data.file_list)")
@@ -116,9 +121,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from training.compare import format_runs_table, format_seeds_table, run_compare, write_result
     from training.config import ConfigError, load_config
-    from training.files import atomic_write_json
-    from training.recipes import format_table, run_methods
 
     cfg = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -130,10 +134,26 @@ def cmd_compare(args) -> int:
             f"--methods: unknown method(s) {bad or methods}; "
             f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}"
         )
-    rows = run_methods(cfg, methods)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds {args.seeds!r}: give one or more different integers, e.g. 0,1,2")
+    result = run_compare(cfg, methods, seeds)
     if _is_main():
-        print(format_table(rows))
-        atomic_write_json(os.path.join(cfg.out_dir, "compare.json"), rows, indent=1)
+        if result["runs"]:
+            print(format_seeds_table(result) if seeds is not None else format_runs_table(result))
+        for path in write_result(result, cfg.out_dir):
+            print(f"wrote {path}")
+        if not result["complete"]:
+            s = result["stopped"]
+            print(
+                f"compare stopped: {s['method']} seed {s['seed']} was {s['signal'] or 'stopped'} at step {s['step']}; "
+                "run the same command again to continue (finished runs are reused)"
+            )
     return 0
 
 
@@ -267,6 +287,13 @@ def add_measure_commands(sub) -> None:
     p.add_argument("--ft-over-fs", type=float, help="use this F_t/F_s instead of building models")
     p.add_argument("--bs-over-fs", type=float, help="with --ft-over-fs: B_s/F_s for --convention measured")
     p.add_argument("--budget", type=float, help="a fraction of KD's cost: print the k that meets it")
+    p.add_argument(
+        "--measure-time",
+        action="store_true",
+        help="also time the pair's step here (a short wall-clock calibration, random weights) and print the "
+        "predicted wall-clock fraction beside the FLOP fraction",
+    )
+    p.add_argument("--time-steps", type=int, default=3, help="with --measure-time: timed steps per point")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     for name, help_ in [
         ("bench", "time each selector's training step side by side (img/s, step and FLOP ratios)"),
@@ -316,7 +343,26 @@ def cmd_cost(args) -> int:
         bs_over_fs=args.bs_over_fs,
         budget=args.budget,
     )
-    print(json.dumps(report) if args.json else format_cost(report))
+    lines = []
+    if args.measure_time:
+        from training.wallclock import format_time_pair, time_pair
+
+        if args.ft_over_fs is not None:
+            from training.errors import UserError
+
+            raise UserError("--measure-time times the models: give --teacher and --student, not --ft-over-fs")
+        report["wallclock"] = time_pair(
+            teacher=args.teacher,
+            student=args.student,
+            image_size=args.image_size,
+            N=args.batch_size,
+            k=report["k"],
+            num_classes=args.num_classes,
+            budget=args.budget,
+            steps=args.time_steps,
+        )
+        lines = format_time_pair(report["wallclock"], report["ratio_unix"], report["ratio_random"])
+    print(json.dumps(report) if args.json else "\n".join([format_cost(report), *lines]))
     return 0
 
 

@@ -285,7 +285,7 @@ def test_a_preempted_run_ends_its_trackers_and_its_resume_continues_them(tmp_pat
 def test_compare_logs_each_method_to_its_own_out_dir(tmp_path, digits_root, teacher_ckpt):
     """Several runs in one process (compare; the demo's teacher run is the same case): each Accelerator holds
     its own trackers, so each method's TensorBoard run is in its own out_dir and equals its own metrics.jsonl."""
-    from training.recipes import run_methods
+    from training.compare import run_compare
 
     cfg = small_config(
         tmp_path,
@@ -296,7 +296,7 @@ def test_compare_logs_each_method_to_its_own_out_dir(tmp_path, digits_root, teac
         "train.log_every=1",
         "train.eval_every=0",
     )
-    rows = run_methods(cfg, ["kd", "random"])
+    rows = run_compare(cfg, ["kd", "random"])["runs"]
     for row in rows:
         out = tmp_path / "run" / row["method"]
         assert assert_board_equals_metrics(out)[-1]["teacher_images"] == row["teacher_images"]

@@ -205,7 +205,7 @@ def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_r
     out = capsys.readouterr().out
     table = out[out.index("method") :]
     assert "kd " in table and "unix " in table and "teacher top1" in table
-    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
     assert [r["method"] for r in rows] == ["kd", "unix"]
     assert rows[0]["cost_fraction"] == 1.0 and rows[1]["cost_fraction"] < 1.0
     assert rows[0]["teacher_top1"] == rows[1]["teacher_top1"] == pytest.approx(teacher_rows[-1]["top1"])

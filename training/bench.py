@@ -40,6 +40,7 @@ from torch import Tensor
 
 from selection import GraphedUnixSelector
 
+from . import wallclock
 from .bench_micro import format_micro, selection_micro, teacher_micro, teacher_modes_for
 from .config import Config, ConfigError, to_dict
 from .cost import CostLedger
@@ -130,7 +131,11 @@ def bench(
     if "pipeline" in modes:
         ours = endless(loaders.train)
         peer_batches = peer_step.batches() if peer_step is not None else None
-    fused = {name: make_selector(cfg, accelerator, name, run.ledger) for name in selectors}  # budget mode too
+    calibrated = wallclock.for_bench(cfg, accelerator, run, num_classes, selectors)  # a wall-clock budget's k
+    fused = {
+        name: make_selector(cfg, accelerator, name, run.ledger, k=calibrated[name].k if name in calibrated else None)
+        for name in selectors
+    }  # budget mode too
     runners, path = build_runners(run, fused, modes, fast_path, peer_step, ours, peer_batches, device)
     if path["note"]:
         print(path["note"])
@@ -214,6 +219,7 @@ def bench(
         "p2": p2,
         "teacher_forward": teacher,
         "config": to_dict(cfg),
+        "wallclock": {name: cal.state_dict() for name, cal in calibrated.items()} or None,
     }
     result["targets"] = targets(result)
     return result
@@ -557,6 +563,7 @@ def format_table(result: dict) -> str:
         )
         lines.append(f"{'pipeline':<10} data alone: {d['img_per_s']:8.0f} img/s  {d['loader']}{restarts}")
     lines += format_micro(result)
+    lines += wallclock.bench_lines(result)
     fallbacks = [
         f"{r['mode']} {r['runner']}: {v}"
         for r in result["rows"]

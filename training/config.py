@@ -99,7 +99,10 @@ class SelectionConfig:
     pick_criterion: str = "kl"  # kl | teacher_entropy | student_entropy
     # compute-budget mode: choose k so a run spends this share of conventional KD's FLOPs (replaces k)
     budget: float | None = None
-    budget_convention: str = "paper"  # paper (B_s = F_s) | measured
+    budget_convention: str = "paper"  # paper (B_s = F_s) | measured | wallclock (share of KD's step time)
+    # wallclock: the calibration at the start of the run (training/wallclock.py), timed rounds and warm-up rounds
+    calibration_steps: int = 6
+    calibration_warmup: int = 2
 
 
 @dataclass
@@ -201,7 +204,7 @@ CHOICES = {
     "selection.criterion": ("entropy", "confidence", "margin"),
     "selection.score_mode": ("train", "eval"),
     "selection.pick_criterion": ("kl", "teacher_entropy", "student_entropy"),
-    "selection.budget_convention": ("paper", "measured"),
+    "selection.budget_convention": ("paper", "measured", "wallclock"),
     "loss.feature": ("none", "at", "sp"),
     "optim.schedule": ("step", "cosine", "constant"),
     "train.nonfinite": ("stop", "skip", "off"),
@@ -486,6 +489,8 @@ def validate(cfg: Config) -> None:
             "one of " + ", ".join(BUDGET_METHODS) + " with selection.budget (methods that keep k rows)",
             s.method,
         )
+    need(s.calibration_steps >= 1, "selection.calibration_steps", ">= 1", s.calibration_steps)
+    need(s.calibration_warmup >= 0, "selection.calibration_warmup", ">= 0", s.calibration_warmup)
 
     need(cfg.loss.temperature > 0, "loss.temperature", "> 0", cfg.loss.temperature)
     need(cfg.loss.at_weight >= 0, "loss.at_weight", ">= 0", cfg.loss.at_weight)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from selection import GraphedUnixSelector
 
+from . import wallclock
+from .budget import cost_fraction
 from .config import Config, ConfigError, to_dict
 from .cost import flop_counter
 from .errors import UserError
@@ -45,7 +47,7 @@ from .timing import (
     teacher_weights,
     timing_data,
 )
-from .trainer import make_accelerator
+from .trainer import make_accelerator, make_selector
 
 PHASES = (
     "data_wait",
@@ -186,6 +188,9 @@ def profile(
     loaders = timing_data(cfg, accelerator, [data])
     num_classes = cfg.model.num_classes or len(loaders.classes)
     run = build_timed_run(cfg, accelerator, num_classes)
+    calibrated = wallclock.for_bench(cfg, accelerator, run, num_classes, [method])  # a wall-clock budget's k
+    if method in calibrated:
+        run.step.selector = make_selector(cfg, accelerator, method, run.ledger, k=calibrated[method].k)
     step = run.step if fast_path == "fused" else eager_step(run.step)
     fused = isinstance(step.selector, GraphedUnixSelector)
     phases_used = PHASES_FUSED if fused else PHASES
@@ -263,6 +268,9 @@ def profile(
         "mfu": mfu(flop_total, median(step_ms), peak),
         "phases": phases,
         "config": to_dict(cfg),
+        "wallclock": predicted_wall(
+            cfg, accelerator, run, num_classes, method, step.selector, calibrated[method].model if calibrated else None
+        ),
     }
     atomic_write_json(out / "profile.json", result, indent=1)
     try:
@@ -270,6 +278,32 @@ def profile(
     except ImportError as e:  # a bare GPU box without matplotlib (a declared dependency): keep the numbers
         print(f"note: no profile.png ({e}); profile.json has every number")
     return result
+
+
+def predicted_wall(cfg: Config, accelerator, run, num_classes: int, method: str, selector, model=None) -> dict | None:
+    """The wall-clock model (training/wallclock.py) of `method` on this run (`model`, or measured now), at the
+    profiled k: the predicted wall fraction of KD beside the FLOP fraction. None for methods that keep no k
+    (KD: 1 by definition)."""
+    from selection import SELECTORS, resolve_k
+
+    from .config import BUDGET_METHODS
+
+    if method not in BUDGET_METHODS:
+        return None
+    s, N, ledger = cfg.selection, cfg.data.batch_size, run.ledger
+    if model is None:
+        model = wallclock.measure(
+            run, cfg, accelerator, num_classes, [method], steps=s.calibration_steps, warmup=s.calibration_warmup
+        )[method]
+    k = resolve_k(selector.k, N)
+    flops = cost_fraction(k, N=N, Ft=ledger.Ft, Fs=ledger.Fs, Bs=ledger.Fs, scores_batch=SELECTORS[method].scores_batch)
+    return {
+        "k": k,
+        "predicted_fraction": model.fraction(k),
+        "flop_fraction": flops,
+        "line": wallclock.predicted_line(model, k, flops),
+        "model": model.to_dict(),
+    }
 
 
 def _scoring_models(step, run) -> list:
@@ -335,4 +369,6 @@ def format_table(result: dict) -> str:
         f"teacher {modes['teacher']}, student {modes['student']}; {result['environment']['device']}; "
         f"MFU peak: {result['peak']['basis']}"
     )
+    if result.get("wallclock"):
+        lines.append(result["wallclock"]["line"])
     return "\n".join(lines)

@@ -1,9 +1,8 @@
-"""Jobs made of training runs: train a missing teacher first, and compare methods side by side."""
+"""Jobs made of training runs: train a missing teacher first; compare's one-seed table (training/compare.py runs it)."""
 
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 from .config import Config, ConfigError, validate
@@ -43,24 +42,6 @@ def ensure_teacher(cfg: Config) -> dict | None:
         f"for {t.train.epochs} epochs into {t.out_dir}"
     )
     return train(t)
-
-
-def run_methods(cfg: Config, methods: list[str]) -> list[dict]:
-    """Distil the same student with each method (same data, seed, schedule); one result row per method."""
-    teacher_run = ensure_teacher(cfg)
-    rows = []
-    for method in methods:
-        c = copy.deepcopy(cfg)
-        c.selection.method = method
-        c.out_dir = str(Path(cfg.out_dir) / method)
-        validate(c)
-        t0 = time.perf_counter()
-        summary = train(c)
-        rows.append({"method": method, "wall_s": time.perf_counter() - t0, **summary})
-    if teacher_run is not None:
-        for row in rows:
-            row["teacher_train_top1"] = teacher_run["top1"]
-    return rows
 
 
 def format_table(rows: list[dict]) -> str:

@@ -4,6 +4,9 @@ sampling_heatmap.png      class × epoch: share of each class's images among the
                           (the UNIX paper's Fig. 6); a second panel for the extra view of TL methods
 selected_vs_accuracy.png  per class: times selected over the run vs final top-1 (the paper's Fig. 5)
 curves.png                training loss, val top-1 and the cumulative cost fraction against the step
+
+On a compare's folder (compare.json, no metrics.jsonl): compare_cost.png, top-1 against the FLOP and the
+wall-clock fraction (training/compare.py).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: no such run folder")
+    if (out_dir / "compare.json").is_file() and not (out_dir / "metrics.jsonl").is_file():
+        from .compare import draw_from_folder
+
+        return draw_from_folder(out_dir)  # a compare's folder: its cost figure (the UNIX paper's Fig. 1)
     rows = read_metrics(out_dir)
     sampling = load_sampling(out_dir)
     method = run_method(out_dir)

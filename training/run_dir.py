@@ -45,6 +45,8 @@ RUN_FILES = (
     "report",
     STATUS,
     "trackers",
+    "wallclock.json",  # a wall-clock budget's calibration (training/wallclock.py)
+    "compare_run.json",  # compare's record of a finished run (training/compare.py)
 )
 # Keys that may differ between a job and its restart: how to resume or watch it, not what to train
 RESTART_KEYS = ("resume", "resume_force", "overwrite", "train.progress", "train.log_with", "train.tracker_project")

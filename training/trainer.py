@@ -24,7 +24,7 @@ from selection.graphed import graphed
 from selection.selectors import resolve_k
 
 from . import checkpoint as ckpt
-from . import run_dir, trackers
+from . import run_dir, trackers, wallclock
 from .analytics import SamplingLog
 from .budget import budget_k
 from .config import BUDGET_METHODS, Config, ConfigError, save_config
@@ -42,6 +42,7 @@ from .fastpath import (
     teacher_mode,
 )
 from .features import FeatureDistill, resolve_layers
+from .files import atomic_write_json
 from .guards import NonFiniteError, PeerTimeoutError, PreemptionFlag, RunStopped, is_collective_timeout
 from .models import create_model, shapes_mismatch
 from .optim import build_optimizer, build_scheduler
@@ -104,7 +105,8 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
 
     data = build_data(cfg, accelerator)
     steps_per_epoch = len(data.train)
-    run = build_run(cfg, accelerator, cfg.model.num_classes or len(data.classes), steps_per_epoch)
+    num_classes = cfg.model.num_classes or len(data.classes)
+    run = build_run(cfg, accelerator, num_classes, steps_per_epoch)
     student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
     C = len(data.classes)
     sampling = SamplingLog(
@@ -122,14 +124,26 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
         **optimizer_identity(cfg),
     }
     resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, accelerator.unwrap_model(student), fingerprint))
-    step, epoch, start_batch, data_state = 0, 0, 0, None
+    step, epoch, start_batch, data_state, train_s = 0, 0, 0, None, 0.0
+    state = ckpt.load_trainer_state(resume_from, accelerator.process_index) if resume_from is not None else None
+    calibration = None
+    if wallclock.enabled(cfg):  # k from the checkpoint's calibration, or measured now on this run's own step
+        saved = None if state is None else state.get("wallclock")
+        if state is not None and saved is None and not cfg.resume_force:
+            raise UserError(
+                f"resume={cfg.resume}: {resume_from} was saved by a run without a wall-clock calibration, this "
+                "run asks for selection.budget_convention=wallclock; resume_force=true calibrates now"
+            )
+        calibration = wallclock.for_run(cfg, accelerator, run, num_classes, saved)
+        selector = make_selector(cfg, accelerator, cfg.selection.method, ledger, student, k=calibration.k)
+        run.selector = step_fn.selector = selector
     if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from, accelerator.process_index)
         accelerator.load_state(str(resume_from))
         selector.load_state_dict(state["selector"])
         ledger.load_state_dict(state["ledger"])
         sampling.load_state_dict(state.get("sampling"))
         step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+        train_s = state.get("train_s", 0.0)  # time in training steps so far (evaluations and saves left out)
         data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
     if main:  # every check passed: from here on the folder describes this run
         aside, names = ckpt.set_aside_after(out, step) if resume_from is not None else (None, [])
@@ -140,6 +154,8 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
             )
         dropped = run_dir.truncate_metrics(out, step)
         save_config(cfg, out / run_dir.CONFIG)
+        if calibration is not None:
+            atomic_write_json(out / wallclock.RECORD, calibration.state_dict(), indent=1)
         run_dir.write_status(out, "running", step=step)
         record["started"] = True
         if resume_from is not None:
@@ -165,15 +181,29 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
             "ledger": ledger.state_dict(),
             "data": loader_state,
             "sampling": sampling.state_dict(),
+            "wallclock": None if calibration is None else calibration.state_dict(),
+            "train_s": train_s + max(0.0, time.perf_counter() - t_log - paused),  # + the steps since the last row
         }
         return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
 
     def cost_fields() -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
-        return {**ledger.metrics(), "world_size": world}
+        fields = {**ledger.metrics(), "world_size": world, "train_s": train_s}
+        if calibration is not None:
+            fields["wall_fraction_predicted"] = calibration.predicted_fraction
+        return fields
+
+    @contextmanager
+    def pause():  # an evaluation or a checkpoint save: not training-step time (step_ms, train_s, wall_fraction)
+        nonlocal paused
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            paused += time.perf_counter() - t0
 
     bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
     loss_sum = torch.zeros((), device=accelerator.device)
-    t_log, steps_since_log = time.perf_counter(), 0
+    t_log, steps_since_log, paused = time.perf_counter(), 0, 0.0
     stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
     preempted = False
     student.train()
@@ -204,26 +234,34 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
                 if step % cfg.train.log_every == 0 or step == total_steps:
                     mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
                     dt = time.perf_counter() - t_log
+                    stepping = max(dt - paused, 1e-9)  # the interval's time in steps (data wait included)
+                    train_s += stepping
                     row = {
                         "step": step,
                         "epoch": epoch,
                         "loss": mean_loss,
                         "lr": scheduler.get_last_lr()[0],
                         "img_per_s": steps_since_log * n.batch * world / dt,
+                        "step_ms": 1e3 * stepping / steps_since_log,
                         **cost_fields(),
                     }
+                    if calibration is not None:  # measured step time against KD's predicted one
+                        row["wall_fraction"] = row["step_ms"] / calibration.kd_step_ms
                     if step_fn.skipped:
                         row["skipped_steps"] = step_fn.skipped
                     log.write(row)
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.3f}", img_s=f"{row['img_per_s']:.0f}", cost=f"{row['cost_fraction']:.3f}"
-                    )
+                    postfix = {"loss": f"{mean_loss:.3f}", "img_s": f"{row['img_per_s']:.0f}"}
+                    postfix["cost"] = f"{row['cost_fraction']:.3f}"
+                    if calibration is not None:
+                        postfix["wall"] = f"{row['wall_fraction']:.3f}"
+                    bar.set_postfix(**postfix)
                     loss_sum.zero_()
-                    t_log, steps_since_log = time.perf_counter(), 0
+                    t_log, steps_since_log, paused = time.perf_counter(), 0, 0.0
                 mid_epoch = batch_in_epoch < steps_per_epoch
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                     # sync: a checkpoint copies weights, optimizer state and counts to the host
-                    save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
+                    with pause():
+                        save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
                 # One process checks its flag every step (free); several agree every preempt_check_every steps.
                 check = world == 1 or step % cfg.train.preempt_check_every == 0 or step == total_steps
                 preempted = check and preemption.agreed(accelerator)  # sync: all-reduce, only with several
@@ -238,10 +276,12 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
             else:
                 start_batch = batch_in_epoch
             if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
-                result = sampling.record_eval(step, epoch - 1, evaluate(student, data.val, accelerator, C))
+                with pause():
+                    result = sampling.record_eval(step, epoch - 1, evaluate(student, data.val, accelerator, C))
                 log.write({"step": step, "epoch": epoch - 1, **result, **cost_fields()})
             if epoch_done and not cfg.train.checkpoint_every:
-                save(start_batch, epoch)
+                with pause():
+                    save(start_batch, epoch)
         bar.close()
         if sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
             sampling.end_epoch(accelerator)
@@ -276,7 +316,10 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> di
             "Ft": ledger.Ft,
             "Fs": ledger.Fs,
             "Bs": ledger.Bs,
+            "step_ms": 1e3 * train_s / step if step else None,
         }
+        if calibration is not None:
+            summary.update(k=calibration.k, wall_fraction=summary["step_ms"] / calibration.kd_step_ms)
         if run.teacher is not None:
             t_eval = evaluate(run.teacher, data.val, accelerator)
             summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
@@ -414,7 +457,10 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
     accelerator.register_for_checkpointing(scheduler)  # stepped once per iteration, not once per process
     if teacher is not None:
         teacher.to(accelerator.device)
-    selector = make_selector(cfg, accelerator, cfg.selection.method if distill else "kd", ledger, student)
+    method = cfg.selection.method if distill else "kd"
+    # a wall-clock budget: a stand-in k until the calibration (which needs this run's step) decides it
+    provisional = cfg.data.batch_size if wallclock.enabled(cfg) and method in BUDGET_METHODS else None
+    selector = make_selector(cfg, accelerator, method, ledger, student, k=provisional)
     step = DistillStep(
         accelerator,
         student,
@@ -440,15 +486,18 @@ def make_selector(
     method: str,
     ledger: CostLedger | None = None,
     student: torch.nn.Module | None = None,
+    k: int | None = None,
 ):
     """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times).
 
     Compute-budget mode (`selection.budget`, needs the ledger's per-image FLOPs): k is chosen so the run
-    spends that share of conventional KD's FLOPs.
+    spends that share of conventional KD's FLOPs. A wall-clock budget's k comes from its calibration
+    (training/wallclock.py), passed in as `k` (which overrides the config's k and budget).
     """
     s = cfg.selection
-    k = s.k
-    if s.budget is not None and ledger is not None and method != "kd":
+    if k is None and s.budget is not None and method in BUDGET_METHODS and wallclock.enabled(cfg):
+        raise ValueError("a wall-clock budget's k comes from its calibration: pass k= (training/wallclock.py)")
+    if k is None and s.budget is not None and ledger is not None and method != "kd":
         k, line = budget_k(
             method,
             s.budget,
@@ -460,6 +509,7 @@ def make_selector(
         )
         if accelerator.is_main_process:
             print(line)
+    k = s.k if k is None else k
     _check_batchnorm_rows(cfg, method, k, accelerator.unwrap_model(student) if student is not None else None)
     selector = build_selector(
         method,
