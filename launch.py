@@ -28,8 +28,26 @@ import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+
+
+def ensure_package() -> None:
+    """Make `import unixkd` work: `pip install -e .` installs this folder as the package `unixkd`; in a checkout that
+    was never installed (a copied working tree), register the folder under that name for this process."""
+    import importlib.util
+
+    if "unixkd" in sys.modules or importlib.util.find_spec("unixkd") is not None:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "unixkd", HERE / "__init__.py", submodule_search_locations=[str(HERE)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["unixkd"] = module
+    spec.loader.exec_module(module)
+
 
 def main(argv: list[str] | None = None) -> int:
+    ensure_package()
     prog = "unixkd" if Path(sys.argv[0]).name == "unixkd" else "launch.py"  # the console command or the script
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     add_measure_commands(sub)
     args = parser.parse_args(argv)
 
-    from training.errors import USER_ERRORS
-    from training.guards import RunStopped
+    from unixkd.training.errors import USER_ERRORS
+    from unixkd.training.guards import RunStopped
 
     try:
         return COMMANDS[args.command](args)
@@ -85,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
-    from training.config import load_config
-    from training.recipes import ensure_teacher
-    from training.trainer import train
+    from unixkd.training.config import load_config
+    from unixkd.training.recipes import ensure_teacher
+    from unixkd.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     t0 = time.perf_counter()
@@ -121,12 +139,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from training.compare import format_runs_table, format_seeds_table, run_compare, write_result
-    from training.config import ConfigError, load_config
+    from unixkd.training.compare import format_runs_table, format_seeds_table, run_compare, write_result
+    from unixkd.training.config import ConfigError, load_config
 
     cfg = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from training.config import CHOICES
+    from unixkd.training.config import CHOICES
 
     bad = [m for m in methods if m not in CHOICES["selection.method"] or m == "none"]
     if not methods or bad:
@@ -158,11 +176,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from training.config import ConfigError, load_config
-    from training.data import build_data
-    from training.evaluate import evaluate
-    from training.models import create_model
-    from training.trainer import make_accelerator
+    from unixkd.training.config import ConfigError, load_config
+    from unixkd.training.data import build_data
+    from unixkd.training.evaluate import evaluate
+    from unixkd.training.models import create_model
+    from unixkd.training.trainer import make_accelerator
 
     overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
     ckpts = [o.split("=", 1)[1] for o in args.overrides if o.startswith("checkpoint=")]
@@ -192,7 +210,7 @@ def cmd_scan(args) -> int:
     signal when interrupted (130: Ctrl-C, 143: SIGTERM; one line on stderr, no clean list written)."""
     import signal
 
-    from pipeline import ScanInterrupted
+    from unixkd.pipeline import ScanInterrupted
 
     received = {"signal": signal.SIGINT}
 
@@ -213,8 +231,8 @@ def cmd_scan(args) -> int:
 
 
 def _scan(args) -> int:
-    from pipeline import scan_tree
-    from training.files import atomic_write_text, check_writable_file
+    from unixkd.pipeline import scan_tree
+    from unixkd.training.files import atomic_write_text, check_writable_file
 
     if args.write_clean_list is not None:  # before the decode pass, which takes hours on ImageNet
         check_writable_file(args.write_clean_list, "--write-clean-list")
@@ -250,7 +268,7 @@ def _scan(args) -> int:
 def cmd_status(args) -> int:
     """Exit 0 when the run finished, or was preempted and saved a checkpoint (a SLURM script's test, since
     `accelerate launch` itself exits 1 on SIGTERM whatever its ranks did); 1 otherwise."""
-    from training.run_dir import lock_is_free, read_status
+    from unixkd.training.run_dir import lock_is_free, read_status
 
     info = read_status(Path(args.out_dir))
     state = info["state"]
@@ -267,7 +285,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from training.report import draw_report
+    from unixkd.training.report import draw_report
 
     for path in draw_report(args.out_dir):
         print(path)
@@ -329,7 +347,7 @@ def add_measure_commands(sub) -> None:
 
 
 def cmd_cost(args) -> int:
-    from training.cost_report import cost_report, format_cost
+    from unixkd.training.cost_report import cost_report, format_cost
 
     report = cost_report(
         teacher=args.teacher,
@@ -345,10 +363,10 @@ def cmd_cost(args) -> int:
     )
     lines = []
     if args.measure_time:
-        from training.wallclock import format_time_pair, time_pair
+        from unixkd.training.wallclock import format_time_pair, time_pair
 
         if args.ft_over_fs is not None:
-            from training.errors import UserError
+            from unixkd.training.errors import UserError
 
             raise UserError("--measure-time times the models: give --teacher and --student, not --ft-over-fs")
         report["wallclock"] = time_pair(
@@ -367,9 +385,9 @@ def cmd_cost(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from training.bench import bench, format_table
-    from training.files import atomic_write_json
-    from training.timing import load_timing_config
+    from unixkd.training.bench import bench, format_table
+    from unixkd.training.files import atomic_write_json
+    from unixkd.training.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
@@ -394,8 +412,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from training.profile import format_table, profile
-    from training.timing import load_timing_config
+    from unixkd.training.profile import format_table, profile
+    from unixkd.training.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     result = profile(

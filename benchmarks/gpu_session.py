@@ -79,7 +79,7 @@ def cmd_env(args) -> int:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from training.timing import environment
+    from unixkd.training.timing import environment
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)

@@ -60,7 +60,10 @@ mkdir -p "$WORK/extras" "$WORK/runs"
 : > "$WORK/steps.tsv"
 ONLY=${ONLY:-}
 export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# the code imports itself as `unixkd` (what pip install -e . installs); on a machine where it is not installed
+# (the GPU machine gets a copy of the working tree), a link named unixkd to this folder does the same
+mkdir -p "$WORK/pkg" && ln -sfn "$PWD" "$WORK/pkg/unixkd"
+export PYTHONPATH=$WORK/pkg:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1
 
 if [ "$MODE" = gpu ]; then

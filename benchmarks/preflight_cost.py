@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.folder import IMAGE_EXTENSIONS  # noqa: E402
-from pipeline.scan import header_problem, preflight_problem  # noqa: E402
+from unixkd.pipeline.folder import IMAGE_EXTENSIONS  # noqa: E402
+from unixkd.pipeline.scan import header_problem, preflight_problem  # noqa: E402
 
 
 def main() -> None:

@@ -169,7 +169,7 @@ def timm_reference(teacher: str, size: int):
 def our_settings(teacher: str | None) -> tuple[dict, str]:
     """What the trainer's val loader uses for this teacher on a folder dataset, and which code decided it."""
     try:
-        from training.preprocess import TORCHVISION_DEFAULTS, teacher_data_config
+        from unixkd.training.preprocess import TORCHVISION_DEFAULTS, teacher_data_config
     except ImportError:  # a checkout from before the teacher's preprocessing was followed
         return {}, "DaliLoader defaults (no training/preprocess.py)"
     settings = dict(TORCHVISION_DEFAULTS)
@@ -189,7 +189,7 @@ def dali_val(paths: list[Path], size: int, settings: dict, device: str, **loader
     """Our val pipeline's output for each path (normalized CHW float32), in order."""
     import torch
 
-    from pipeline import DaliLoader, FolderIndex
+    from unixkd.pipeline import DaliLoader, FolderIndex
 
     kwargs = dict(loader_kwargs)
     if settings:
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.timing import environment
+    from unixkd.training.timing import environment
 
     command = "python benchmarks/preprocess_parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {

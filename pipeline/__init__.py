@@ -2,7 +2,7 @@
 CIFAR arrays in memory (DALI external source or a device-resident tensor loader); yield torch (images, labels)
 per rank.
 
-Knows DALI and nothing of models; nothing outside this package imports DALI. ``import pipeline`` does not
+Knows DALI and nothing of models; nothing outside this package imports DALI. ``import unixkd.pipeline`` does not
 import DALI at all: it is imported when first needed (a ``DaliLoader`` or ``ArrayDaliLoader`` built, ``scan
 --dali``), and without it that one-line ``DaliMissingError`` says how to install it.
 """

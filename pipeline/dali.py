@@ -46,7 +46,7 @@ from .output_format import dtype_name, nchw_view
 from .scan import BadFile, BadImageError, dali_reason, find_bad_file
 from .sharding import augmentation_seed, batches_per_epoch, check_epoch_start, epoch_indices, train_batches_per_rank
 
-# NVIDIA DALI is imported on first need (a loader built, a DALI decode), never by `import pipeline`: what reads
+# NVIDIA DALI is imported on first need (a loader built, a DALI decode), never by `import unixkd.pipeline`: what reads
 # no image files (synthetic bench/profile, cost, the fast-path tests) runs where DALI is absent or broken, e.g. a
 # GPU machine without it. `dali_import_error()` does the import once and remembers the outcome.
 DALIGenericIterator = LastBatchPolicy = Recipe = build_pipeline = None

@@ -1,8 +1,8 @@
 """Which CIFAR loader is faster here: ``TensorLoader`` or ``ArrayDaliLoader``, on the same train batches.
 
-    python -m pipeline.loader_speed                    # CPU: both loaders yield CPU tensors
-    python -m pipeline.loader_speed --device cuda      # GPU: DALI in gpu mode vs tensors on the GPU
-    python -m pipeline.loader_speed --root /data/cifar # the real CIFAR-100 instead of random pixels
+    python -m unixkd.pipeline.loader_speed                    # CPU: both loaders yield CPU tensors
+    python -m unixkd.pipeline.loader_speed --device cuda      # GPU: DALI in gpu mode vs tensors on the GPU
+    python -m unixkd.pipeline.loader_speed --root /data/cifar # the real CIFAR-100 instead of random pixels
 
 Times whole train epochs (CIFAR-100's 50,000 images at batch 64 by default) after one warm-up epoch, and
 prints one JSON object with the device, versions, arguments and every raw epoch time.

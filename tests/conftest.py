@@ -10,10 +10,28 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _ensure_package() -> None:
+    """The tests import the project as `unixkd` (what `pip install -e .` installs); in a checkout that was never
+    installed, register the repository folder under that name, as launch.py does."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("unixkd") is None:
+        spec = importlib.util.spec_from_file_location(
+            "unixkd", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["unixkd"] = module
+        spec.loader.exec_module(module)
+
+
+_ensure_package()
+
+
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory) -> Path:
     pytest.importorskip("sklearn", reason="the digits set comes from scikit-learn (absent on the GPU box)")
-    from pipeline import ensure_digits_dataset
+    from unixkd.pipeline import ensure_digits_dataset
 
     return Path(ensure_digits_dataset(tmp_path_factory.mktemp("data") / "digits", image_size=32))
 
@@ -23,7 +41,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     """A randomly initialised timm `test_resnet` with a 10-class head, saved as safetensors."""
     from safetensors.torch import save_file
 
-    from training.models import create_model
+    from unixkd.training.models import create_model
 
     torch.manual_seed(123)
     model = create_model("test_resnet", 10)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from selection import build_selector
+from unixkd.selection import build_selector
 
 N, C = 8, 5
 

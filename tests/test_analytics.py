@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import launch
-from training.analytics import SamplingLog, load_sampling
-from training.evaluate import evaluate
-from training.report import draw_report
+from unixkd import launch
+from unixkd.training.analytics import SamplingLog, load_sampling
+from unixkd.training.evaluate import evaluate
+from unixkd.training.report import draw_report
 
 C = 4
 

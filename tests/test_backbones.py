@@ -14,10 +14,10 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import training  # noqa: F401  (importing training registers the models)
-from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
-from training.backbones import NAMES
-from training.models import create_model
+from unixkd import training  # noqa: F401  (importing training registers the models)
+from unixkd.pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
+from unixkd.training.backbones import NAMES
+from unixkd.training.models import create_model
 
 EXPECTED = {
     "cifar_resnet8",
@@ -434,7 +434,7 @@ def test_at_sp_taps_are_the_stage_outputs(name):
     """features.default_layers (every stage) hooked in the ordinary forward gives forward_intermediates' stage
     outputs bitwise; with grad checkpointing on, the hooked features still carry their autograd graph (AT's
     gradient reaches the student)."""
-    from training.features import capture, default_layers
+    from unixkd.training.features import capture, default_layers
 
     model = timm.create_model(name).eval()
     layers = default_layers(name, model)
@@ -453,7 +453,7 @@ def test_at_sp_taps_are_the_stage_outputs(name):
 @pytest.mark.parametrize("width", range(1, 18))
 def test_vgg_pool_kernel_arithmetic_is_the_shape_test_it_replaces(width):
     """MaxPoolAbove computes its kernel without a Python if (so FX traces it); that equals the if it replaced."""
-    from training.backbones.cifar_vgg import MaxPoolAbove
+    from unixkd.training.backbones.cifar_vgg import MaxPoolAbove
 
     x = torch.randn(1, 2, width, width)
     before = torch.nn.functional.max_pool2d(x, 2) if width > 4 else x

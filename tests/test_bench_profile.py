@@ -20,14 +20,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import launch
-import training.fastpath
-import training.profile
-import training.trainer
-from selection import GraphedUnixSelector, UnixSelector
-from selection.graphed import StaticGraph
-from training.cost import backward_flops
-from training.models import create_model
+import unixkd.training.fastpath  # noqa: F401 (loads the submodule)
+import unixkd.training.profile  # noqa: F401 (loads the submodule)
+import unixkd.training.trainer  # noqa: F401 (loads the submodule)
+from unixkd import launch, training
+from unixkd.selection import GraphedUnixSelector, UnixSelector
+from unixkd.selection.graphed import StaticGraph
+from unixkd.training.cost import backward_flops
+from unixkd.training.models import create_model
 
 pytestmark = pytest.mark.slow
 
@@ -303,9 +303,9 @@ def test_bench_fast_path_both_times_fused_and_eager_side_by_side(tmp_path, teach
 def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
     """Each fused runner has its own graphed selector and teacher forward (their outputs live in buffers the next
     replay overwrites, one graph per shape); eager runners call the plain selector and the modules."""
-    from training.bench import build_runners
-    from training.timing import build_timed_run, load_timing_config
-    from training.trainer import make_accelerator, make_selector
+    from unixkd.training.bench import build_runners
+    from unixkd.training.timing import build_timed_run, load_timing_config
+    from unixkd.training.trainer import make_accelerator, make_selector
 
     cfg = load_timing_config(
         DEMO,
@@ -335,8 +335,8 @@ def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
 
 
 def test_bench_teacher_modes_option():
-    from training.bench_micro import teacher_modes_for
-    from training.config import ConfigError
+    from unixkd.training.bench_micro import teacher_modes_for
+    from unixkd.training.config import ConfigError
 
     cpu = torch.device("cpu")
     assert teacher_modes_for("auto", cpu) == ["eager"] and teacher_modes_for("none", cpu) == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import IMAGENET_LARGEST, DaliLoader, scan_folder
+from unixkd.pipeline import IMAGENET_LARGEST, DaliLoader, scan_folder
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_refuses_a_non_empty_folder_in_one_line(tmp_path, tiny, jpeg_folder_scri
 def test_dali_cpu_mode_and_build_data_read_it(tiny):
     from accelerate import Accelerator
 
-    from training.config import load_config
-    from training.data import build_data
+    from unixkd.training.config import load_config
+    from unixkd.training.data import build_data
 
     loader = DaliLoader(scan_folder(tiny, "train"), train=True, batch_size=3, image_size=64, device="cpu")
     x, y = next(iter(loader))

@@ -5,9 +5,9 @@ import inspect
 import numpy as np
 import pytest
 
-from selection import SELECTORS
-from training.budget import backward_flops, budget_k, k_for_budget
-from training.config import BUDGET_METHODS
+from unixkd.selection import SELECTORS
+from unixkd.training.budget import backward_flops, budget_k, k_for_budget
+from unixkd.training.config import BUDGET_METHODS
 
 
 def spent(k, N, Ft, Fs, Bs, scores):

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from test_models import TINY, one_line_error
-from training.config import ConfigError, load_config
-from training.models import create_model, load_checkpoint
+from unixkd.training.config import ConfigError, load_config
+from unixkd.training.models import create_model, load_checkpoint
 
 
 def tensors(model: nn.Module) -> dict:
@@ -521,7 +521,7 @@ def test_config_keys():
 
 
 def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
-    from training import trainer
+    from unixkd.training import trainer
 
     seen = {}
 
@@ -548,8 +548,8 @@ def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
 
 
 def test_a_teacher_folder_counts_as_present(tmp_path):
-    from training.recipes import ensure_teacher
-    from training.timing import teacher_weights
+    from unixkd.training.recipes import ensure_teacher
+    from unixkd.training.timing import teacher_weights
 
     (tmp_path / "final").mkdir()
     cfg = load_config(

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.array_dali import ArrayDaliLoader
-from pipeline.arrays import ImageArrays, crop_plan, pad_crop_flip
-from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD, read_cifar
-from pipeline.tensor_loader import TensorLoader
 from synthetic_data import write_cifar
-from training.config import ConfigError, load_config
+from unixkd.pipeline.array_dali import ArrayDaliLoader
+from unixkd.pipeline.arrays import ImageArrays, crop_plan, pad_crop_flip
+from unixkd.pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD, read_cifar
+from unixkd.pipeline.tensor_loader import TensorLoader
+from unixkd.training.config import ConfigError, load_config
 
 MEAN, STD = np.array(CIFAR100_MEAN), np.array(CIFAR100_STD)
 LOADERS = {"tensor": TensorLoader, "dali": lambda arrays, **kw: ArrayDaliLoader(arrays, device="cpu", **kw)}
@@ -199,7 +199,7 @@ def test_cifar_config_mistakes_are_one_line(override, needle):
 def test_build_data_serves_cifar_to_the_trainer(tmp_path, name, loader):
     from accelerate import Accelerator
 
-    from training.data import build_data
+    from unixkd.training.data import build_data
 
     write_cifar(tmp_path, name, n_train=64, n_test=10)
     cfg = load_config(

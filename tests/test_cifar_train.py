@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-import launch
 from synthetic_data import write_cifar
-from training.config import load_config
-from training.models import create_model
-from training.trainer import train
+from unixkd import launch
+from unixkd.training.config import load_config
+from unixkd.training.models import create_model
+from unixkd.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR_CONFIGS = sorted((REPO / "configs" / "cifar100").glob("*.yaml"))

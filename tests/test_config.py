@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import Config, ConfigError, apply_override, load_config, save_config, validate
+from unixkd.training.config import Config, ConfigError, apply_override, load_config, save_config, validate
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
@@ -204,8 +204,8 @@ def test_defaults_need_a_dataset_and_a_teacher():
 
 
 def test_config_methods_are_the_registered_selectors():
-    from selection import METHODS
-    from training.config import CHOICES
+    from unixkd.selection import METHODS
+    from unixkd.training.config import CHOICES
 
     assert CHOICES["selection.method"] == ("none", *METHODS)
 

@@ -8,9 +8,16 @@ import torch
 import torchvision
 from torch import nn
 
-import launch
-from training.cost import CostLedger, backward_flops, forward_flops, measure_pair, unix_cost_ratio, unix_k_for_budget
-from training.models import create_model
+from unixkd import launch
+from unixkd.training.cost import (
+    CostLedger,
+    backward_flops,
+    forward_flops,
+    measure_pair,
+    unix_cost_ratio,
+    unix_k_for_budget,
+)
+from unixkd.training.models import create_model
 
 # ---------------------------------------------------------------------------------------------------------
 # the paper's convention (B_s = F_s)

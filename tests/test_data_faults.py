@@ -23,13 +23,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import launch
-import pipeline
-from pipeline import BadImageError, DaliLoader, preflight, scan_folder, scan_tree
-from pipeline.scan import TAIL, preflight_problem
 from test_train_e2e import small_config
-from training.data import matched_file_list
-from training.trainer import train
+from unixkd import launch, pipeline
+from unixkd.pipeline import BadImageError, DaliLoader, preflight, scan_folder, scan_tree
+from unixkd.pipeline.scan import TAIL, preflight_problem
+from unixkd.training.data import matched_file_list
+from unixkd.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -322,14 +321,14 @@ def test_scan_checks_the_clean_list_destination_before_decoding(tmp_path, digits
 SLOW_SCAN = """
 import sys, time
 sys.path.insert(0, {repo!r})
-import pipeline.scan as scan
+import unixkd.pipeline.scan as scan
 real = scan.decode_problem
 def slow(path):  # a decode pass that is still running when the signal comes
     open({started!r}, "a").close()
     time.sleep(0.05)
     return real(path)
 scan.decode_problem = slow
-import launch
+from unixkd import launch
 sys.exit(launch.main(["scan", {root!r}, "--write-clean-list", {clean!r}, "--workers", "2"]))
 """
 

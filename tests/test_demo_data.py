@@ -7,7 +7,7 @@ import time
 import pytest
 from PIL import Image
 
-from pipeline import DaliLoader, ensure_digits_dataset, scan_folder
+from unixkd.pipeline import DaliLoader, ensure_digits_dataset, scan_folder
 
 
 @pytest.fixture(scope="module")

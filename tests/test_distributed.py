@@ -266,8 +266,8 @@ def test_ctrl_c_saves_like_sigterm_then_resumes_bitwise(tmp_path, digits_root, t
 
 
 def test_a_second_ctrl_c_aborts_and_the_cli_says_so_in_one_line(monkeypatch, capsys):
-    import launch
-    from training.guards import PreemptionFlag
+    from unixkd import launch
+    from unixkd.training.guards import PreemptionFlag
 
     with PreemptionFlag() as flag:
         os.kill(os.getpid(), signal.SIGINT)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from selection import build_selector, score, unix_mix
-from selection.graphed import GraphedUnixSelector, StaticGraph, graphed
-from training.config import ConfigError, load_config
-from training.fastpath import TeacherForward, selection_graph_mode, teacher_mode
-from training.models import create_model
+from unixkd.selection import build_selector, score, unix_mix
+from unixkd.selection.graphed import GraphedUnixSelector, StaticGraph, graphed
+from unixkd.training.config import ConfigError, load_config
+from unixkd.training.fastpath import TeacherForward, selection_graph_mode, teacher_mode
+from unixkd.training.models import create_model
 
 
 def cuda(test):
@@ -203,7 +203,7 @@ def test_fast_path_switches_resolve_per_device():
 def test_build_run_on_cpu_is_eager_and_channels_last_steps(teacher_ckpt):
     from accelerate import Accelerator
 
-    from training.trainer import build_run
+    from unixkd.training.trainer import build_run
 
     cfg = load_config(
         "configs/demo.yaml",
@@ -308,8 +308,8 @@ def test_graph_short_last_batch_and_teacher_graph():
 def test_fp16_overflowing_gradient_is_left_to_the_grad_scaler(scaler):
     """With a scaler (fp16), an inf gradient is routine (the scaler skips the step); a NaN loss still stops."""
     from test_step import CPUAccelerator
-    from training.guards import NonFiniteError
-    from training.step import DistillStep
+    from unixkd.training.guards import NonFiniteError
+    from unixkd.training.step import DistillStep
 
     acc = CPUAccelerator()
     acc.scaler = object() if scaler else None
@@ -337,7 +337,7 @@ def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt, fresh_accele
     from the same seed: the weights change every step, so a replay reading stale weights would drift."""
     from accelerate import Accelerator
 
-    from training.trainer import build_run
+    from unixkd.training.trainer import build_run
 
     def run(fast: bool):
         cfg = load_config(
@@ -379,7 +379,7 @@ def test_compiled_teacher_and_student_match_eager_steps(teacher_ckpt):
     and weights as eager steps, and the run's module (saved, evaluated) is not the compiled one."""
     from accelerate import Accelerator
 
-    from training.trainer import build_run
+    from unixkd.training.trainer import build_run
 
     def run(compiled: bool):
         cfg = load_config(
@@ -422,8 +422,8 @@ def test_a_training_step_never_writes_the_environment(fresh_accelerator_state):
     autocast does when given an AutocastKwargs handler) races them into a segfault. bf16: autocast is on."""
     import sys
 
-    from training.timing import build_timed_run, load_timing_config
-    from training.trainer import make_accelerator
+    from unixkd.training.timing import build_timed_run, load_timing_config
+    from unixkd.training.trainer import make_accelerator
 
     global _ENV_WRITES
     cfg = load_timing_config(
@@ -459,7 +459,7 @@ def test_training_with_the_twins_is_bitwise_the_training_without(tmp_path, digit
     trainer, the analytics and the loss consume each Selection within its step."""
     from safetensors.torch import load_file
 
-    import training.trainer as trainer
+    import unixkd.training.trainer as trainer
     from test_train_e2e import read_rows, small_config
 
     made = []  # the selectors the twin run built, to check the twin was what ran

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.features import at_loss, capture, default_layers, feature_loss, resolve_layers, sp_loss
-from training.models import create_model
+from unixkd.training.features import at_loss, capture, default_layers, feature_loss, resolve_layers, sp_loss
+from unixkd.training.models import create_model
 
 
 def test_at_hand_values():

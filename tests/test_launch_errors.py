@@ -128,14 +128,41 @@ def test_the_unixkd_console_command_is_the_same_parser(tmp_path):
     assert status.returncode == 2 and status.stderr.count("\n") == 1 and status.stderr.startswith("error: ")
 
 
+def test_the_install_claims_one_name_unixkd_and_leaves_training_pipeline_selection_launch_free(tmp_path):
+    """Installed, the project is the package `unixkd` (setup.cfg's package_dir): from any folder its parts import by
+    their full names, and the generic names another project may also use are not taken."""
+    code = (
+        "import importlib.metadata, importlib.util, json\n"
+        "try:\n"
+        "    installed = bool(importlib.metadata.distribution('unixkd').files)\n"
+        "except importlib.metadata.PackageNotFoundError:\n"
+        "    installed = False\n"
+        "if installed:\n"
+        "    import unixkd.launch, unixkd.training.trainer, unixkd.pipeline, unixkd.selection\n"
+        "taken = [n for n in ('training', 'pipeline', 'selection', 'launch') if importlib.util.find_spec(n)]\n"
+        "print(json.dumps({'installed': installed, 'taken': taken, 'at': unixkd.__path__[0] if installed else None}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    found = json.loads(out.stdout)
+    if not found["installed"]:
+        pytest.skip("the project is not installed in this environment (pip install -e .)")
+    assert found["taken"] == [] and Path(found["at"]).resolve() == REPO
+
+
 def test_only_user_errors_are_exit_2_our_own_bugs_keep_their_traceback(monkeypatch, capsys):
     """Exit 2 means "your input is wrong": a UserError (ConfigError, ModelError, DataError are kinds of it) is one
     line. A plain ValueError from inside a command is a broken invariant of ours, so it escapes with its traceback
     (the process exits 1) instead of being dressed up as the user's mistake."""
-    import launch
-    from pipeline.errors import DataError
-    from training.config import ConfigError
-    from training.errors import UserError
+    from unixkd import launch
+    from unixkd.pipeline.errors import DataError
+    from unixkd.training.config import ConfigError
+    from unixkd.training.errors import UserError
 
     for kind in (UserError, ConfigError, DataError):
         monkeypatch.setitem(launch.COMMANDS, "cost", lambda args, kind=kind: (_ for _ in ()).throw(kind("bad --k")))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import distill_loss, kd_loss, mixed_ce
+from unixkd.training.losses import distill_loss, kd_loss, mixed_ce
 
 
 def softmax(row):

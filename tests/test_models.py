@@ -5,7 +5,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from training.models import ModelError, create_model, load_checkpoint
+from unixkd.training.models import ModelError, create_model, load_checkpoint
 
 TINY = "test_resnet"  # timm's smallest ResNet, built in milliseconds
 

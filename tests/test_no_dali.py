@@ -1,4 +1,4 @@
-"""The compute path without NVIDIA DALI (issue 15): the GPU machine has none, so synthetic `bench` and `profile`,
+"""The compute path without NVIDIA DALI: the GPU machine has none, so synthetic `bench` and `profile`,
 `cost` and the fast-path tests must neither need nor import it; what reads image files still says, in one line,
 what to install. Each test runs a fresh interpreter in which every `nvidia.dali` import fails."""
 
@@ -42,11 +42,12 @@ def run_without_dali(code: str, timeout: int = 300) -> subprocess.CompletedProce
 
 
 def test_the_compute_modules_import_without_trying_dali():
-    """`import pipeline` and everything bench, profile, cost and the step import: not one attempt at DALI."""
+    """`import unixkd.pipeline` and everything bench, profile, cost and the step import: not one attempt at DALI."""
     out = run_without_dali(
-        "import launch, pipeline, selection\n"
-        "import training.bench, training.profile, training.cost_report, training.trainer, training.data\n"
-        "import training.timing, training.fastpath, selection.graphed\n"
+        "from unixkd import launch, pipeline, selection\n"
+        "import unixkd.training.bench, unixkd.training.profile, unixkd.training.cost_report\n"
+        "import unixkd.training.trainer, unixkd.training.data, unixkd.training.timing, unixkd.training.fastpath\n"
+        "import unixkd.selection.graphed\n"
         "print('tried', NoDali.tried)\n"
     )
     assert out.returncode == 0, out.stderr
@@ -88,7 +89,7 @@ def test_synthetic_bench_profile_and_cost_run_without_dali(tmp_path, digits_root
     profile += ["--out", str(tmp_path / "profile"), *common]
     cost = ["cost", "--teacher", "test_resnet", "--student", "test_resnet", "--image-size", "32", "--json"]
     out = run_without_dali(
-        "import launch\n"
+        "from unixkd import launch\n"
         f"codes = [launch.main({bench!r}), launch.main({profile!r}), launch.main({cost!r})]\n"
         "print('codes', codes, 'tried', sorted(set(NoDali.tried)))\n"
     )
@@ -107,7 +108,7 @@ def test_training_on_a_folder_without_dali_is_one_line_and_exit_2(tmp_path, digi
     """What does read image files still needs DALI, and says so in one line (DaliMissingError), exit code 2."""
     args = ["train", "--config", "configs/demo.yaml", f"data.root={digits_root}", "model.teacher=test_resnet"]
     args += [f"model.teacher_checkpoint={teacher_ckpt}", "train.max_steps=1", f"out_dir={tmp_path / 'run'}"]
-    out = run_without_dali(f"import sys, launch\nsys.exit(launch.main({args!r}))\n")
+    out = run_without_dali(f"import sys\nfrom unixkd import launch\nsys.exit(launch.main({args!r}))\n")
     assert out.returncode == 2, out.stderr[-3000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: NVIDIA DALI is needed for DaliLoader"), out.stderr

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import OptimConfig
-from training.optim import build_optimizer, build_scheduler, lr_factor
+from unixkd.training.config import OptimConfig
+from unixkd.training.optim import build_optimizer, build_scheduler, lr_factor
 
 SPE = 10  # steps per epoch
 

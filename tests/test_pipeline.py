@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import IMAGENET_MEAN, IMAGENET_STD, DaliLoader, FolderIndex, scan_folder
-from pipeline.sharding import batches_per_epoch, epoch_indices
+from unixkd.pipeline import IMAGENET_MEAN, IMAGENET_STD, DaliLoader, FolderIndex, scan_folder
+from unixkd.pipeline.sharding import batches_per_epoch, epoch_indices
 
 CLASSES = ["c0", "c1", "c2"]
 PER_CLASS = 7
@@ -355,7 +355,7 @@ def test_import_works_without_dali_and_the_loader_says_what_to_install(solid):
     root = Path(solid.files[0]).parents[2]
     code = (
         "import sys; sys.modules['nvidia.dali'] = sys.modules['nvidia.dali.plugin.pytorch'] = None\n"
-        "import pipeline\n"
+        "from unixkd import pipeline\n"
         f"index = pipeline.scan_folder({str(root)!r}, 'train')\n"
         "try:\n"
         "    pipeline.DaliLoader(index, train=True, batch_size=4, image_size=16, device='cpu')\n"

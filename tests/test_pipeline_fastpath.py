@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import (
+from unixkd.pipeline import (
     IMAGENET_LARGEST,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,7 +20,7 @@ from pipeline import (
     TensorLoader,
     scan_folder,
 )
-from training.config import ConfigError, load_config
+from unixkd.training.config import ConfigError, load_config
 
 DEMO = "configs/demo.yaml"
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -149,7 +149,7 @@ def test_float16_without_mixed_precision_is_refused_in_one_line():
     ],
 )
 def test_output_dtype_auto_rule(setting, precision, device, expected):
-    from training.data import output_dtype
+    from unixkd.training.data import output_dtype
 
     cfg = load_config(DEMO, [f"data.output_dtype={setting}", f"mixed_precision={precision}"])
     assert output_dtype(cfg, torch.device(device)) == expected
@@ -158,7 +158,7 @@ def test_output_dtype_auto_rule(setting, precision, device, expected):
 def test_build_data_hands_the_format_to_both_loaders(tmp_path):
     from accelerate import Accelerator
 
-    from training.data import build_data
+    from unixkd.training.data import build_data
 
     cfg = load_config(
         DEMO,

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.config import ConfigError, load_config
+from unixkd.training.config import ConfigError, load_config
 
 pytest.importorskip("nvidia.dali", reason="the val graph is DALI's")
-from pipeline.graphs import exact_borders, half_even_half, pil_first_pass, val_window  # noqa: E402
+from unixkd.pipeline.graphs import exact_borders, half_even_half, pil_first_pass, val_window  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MEAN_TARGET, MAX_TARGET = 0.005, 0.05  # normalized units; one 8-bit level is 1 / (255 · std) ≈ 0.0175 for ImageNet
@@ -248,7 +248,7 @@ def test_resolved_val_settings_are_what_timm_resolves_for_the_teacher(tmp_path):
     import timm
     from timm.data import resolve_model_data_config
 
-    from training.preprocess import resolve_preprocess
+    from unixkd.training.preprocess import resolve_preprocess
 
     model = timm.create_model("test_convnext")  # crop_pct 0.95, bicubic, mean = std = 0.5
     expected = resolve_model_data_config(model)
@@ -272,7 +272,7 @@ def test_val_loader_follows_the_teacher_like_timms_eval_transform(parity, photos
     from timm.data import create_transform, resolve_data_config
     from timm.models import get_pretrained_cfg
 
-    from training.data import build_data
+    from unixkd.training.data import build_data
 
     data = build_data(folder_config(photo_folder), Accelerator(cpu=True))
     assert "bicubic" in capsys.readouterr().out  # the resolved settings are printed
@@ -287,7 +287,7 @@ def test_val_loader_follows_the_teacher_like_timms_eval_transform(parity, photos
 
 
 def test_explicit_keys_win_over_the_teachers_cfg(tmp_path):
-    from training.preprocess import resolve_preprocess
+    from unixkd.training.preprocess import resolve_preprocess
 
     got = resolve_preprocess(
         folder_config(
@@ -312,15 +312,15 @@ def test_explicit_keys_win_over_the_teachers_cfg(tmp_path):
     ],
 )
 def test_torchvision_defaults_without_a_pretrained_timm_teacher(tmp_path, overrides):
-    from training.preprocess import TORCHVISION_DEFAULTS, resolve_preprocess
+    from unixkd.training.preprocess import TORCHVISION_DEFAULTS, resolve_preprocess
 
     got = resolve_preprocess(folder_config(tmp_path, *overrides))
     assert {k: getattr(got, k) for k in TORCHVISION_DEFAULTS} == TORCHVISION_DEFAULTS
 
 
 def test_cifar_keeps_its_stats_unless_mean_std_are_set(tmp_path):
-    from pipeline.cifar import STATS
-    from training.preprocess import resolve_preprocess
+    from unixkd.pipeline.cifar import STATS
+    from unixkd.training.preprocess import resolve_preprocess
 
     cifar = ["data.dataset=cifar100", "data.image_size=32"]
     assert (resolve_preprocess(folder_config(tmp_path, *cifar)).mean,) == (STATS["cifar100"][0],)
@@ -337,7 +337,7 @@ def test_cifar_keeps_its_stats_unless_mean_std_are_set(tmp_path):
 def test_a_teacher_cfg_the_graph_cannot_reproduce_is_one_line(tmp_path, teacher, key):
     from timm.models import get_pretrained_cfg
 
-    from training.preprocess import resolve_preprocess
+    from unixkd.training.preprocess import resolve_preprocess
 
     if get_pretrained_cfg(teacher) is None:
         pytest.skip(f"{teacher} is not in this timm")

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import launch
-from pipeline import preflight, scan_tree
 from test_train_e2e import read_rows, small_config
-from training import checkpoint as ckpt
-from training.guards import NonFiniteError, all_finite
-from training.trainer import train
+from unixkd import launch
+from unixkd.pipeline import preflight, scan_tree
+from unixkd.training import checkpoint as ckpt
+from unixkd.training.guards import NonFiniteError, all_finite
+from unixkd.training.trainer import train
 
 # ---------------------------------------------------------------- a dataset with planted problems
 
@@ -108,7 +108,7 @@ def test_training_refuses_bad_data_then_skips_or_uses_the_clean_list(planted, tm
 
 
 def test_nan_stops_before_the_optimizer_touches_the_weights(tmp_path, digits_root, teacher_ckpt, monkeypatch):
-    import training.step as step_module
+    import unixkd.training.step as step_module
 
     calls = {"loss": 0, "optimizer": 0}
     real_loss, real_opt = step_module.distill_loss, torch.optim.SGD.step
@@ -134,7 +134,7 @@ def test_nan_stops_before_the_optimizer_touches_the_weights(tmp_path, digits_roo
 
 
 def test_nan_skip_mode_skips_the_step_and_counts_it(tmp_path, digits_root, teacher_ckpt, monkeypatch):
-    import training.step as step_module
+    import unixkd.training.step as step_module
 
     real_loss, n = step_module.distill_loss, {"calls": 0}
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import launch
 from test_train_e2e import read_rows, small_config
-from training import checkpoint as ckpt
-from training import run_dir
-from training.config import ConfigError
-from training.files import atomic_path, atomic_write_text
-from training.guards import CheckpointWriteError
-from training.report import read_metrics
-from training.trainer import train
+from unixkd import launch
+from unixkd.training import checkpoint as ckpt
+from unixkd.training import run_dir
+from unixkd.training.config import ConfigError
+from unixkd.training.files import atomic_path, atomic_write_text
+from unixkd.training.guards import CheckpointWriteError
+from unixkd.training.report import read_metrics
+from unixkd.training.trainer import train
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ def test_overwrite_moves_the_old_run_aside_and_resume_then_continues_the_new_one
 def test_resume_auto_without_a_checkpoint_restarts_only_the_same_job(
     tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys
 ):
-    import training.step as step_module
+    import unixkd.training.step as step_module
 
     real = step_module.DistillStep.__call__
     calls = {"n": 0}
@@ -142,7 +142,7 @@ def test_resume_auto_without_a_checkpoint_restarts_only_the_same_job(
 HOLD = """
 import sys, time
 from pathlib import Path
-from training.run_dir import OutDirLock
+from unixkd.training.run_dir import OutDirLock
 lock = OutDirLock(Path(sys.argv[1])); lock.acquire(); print("held", flush=True); time.sleep(600)
 """
 

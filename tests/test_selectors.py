@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from selection import (
+from unixkd.selection import (
     METHODS,
     SELECTORS,
     KDSelector,

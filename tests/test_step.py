@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selection import build_selector
-from training.features import FeatureDistill, at_loss
-from training.step import DistillStep, step_counts
+from unixkd.selection import build_selector
+from unixkd.training.features import FeatureDistill, at_loss
+from unixkd.training.step import DistillStep, step_counts
 
 N, K, C, S = 8, 4, 5, 6
 

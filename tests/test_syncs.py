@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from selection import METHODS
-from training.analytics import SamplingLog
-from training.evaluate import evaluate
-from training.timing import build_timed_run, load_timing_config, synthetic_batch
-from training.trainer import make_accelerator, make_selector
+from unixkd.selection import METHODS
+from unixkd.training.analytics import SamplingLog
+from unixkd.training.evaluate import evaluate
+from unixkd.training.timing import build_timed_run, load_timing_config, synthetic_batch
+from unixkd.training.trainer import make_accelerator, make_selector
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -235,8 +235,8 @@ def test_steps_read_nothing_back_from_the_device(runs, method, extra):
 
 def test_fast_path_twins_read_nothing_back(runs):
     """The CUDA-graph selection and teacher graph, as their CPU twins (same buffers and copies, no capture)."""
-    from selection.graphed import graphed
-    from training.fastpath import TeacherForward
+    from unixkd.selection.graphed import graphed
+    from unixkd.training.fastpath import TeacherForward
 
     t = runs(("train.channels_last=true",))
     t.use("unix")
@@ -284,8 +284,8 @@ def test_train_loop_reads_only_at_log_and_checkpoint_steps(tmp_path, digits_root
     """train() end to end on the digits set under HostReads: every read is attributed to the step count at that
     moment. Steps read nothing; the loop between them reads only after a log step or a checkpoint."""
     from test_train_e2e import small_config
-    from training import step as step_module
-    from training.trainer import train
+    from unixkd.training import step as step_module
+    from unixkd.training.trainer import train
 
     log_every, checkpoint_every, max_steps = 3, 5, 7
     cfg = small_config(

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import DaliLoader, scan_tinyimagenet
-from pipeline.dali import IMAGENET_MEAN, IMAGENET_STD
 from synthetic_data import write_tinyimagenet
+from unixkd.pipeline import DaliLoader, scan_tinyimagenet
+from unixkd.pipeline.dali import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,8 @@ def test_dali_train_images_are_padded_crops_of_the_decoded_images(tiny_root):
 def test_build_data_reads_tinyimagenet_for_the_trainer(tiny_root):
     from accelerate import Accelerator
 
-    from training.config import load_config
-    from training.data import build_data
+    from unixkd.training.config import load_config
+    from unixkd.training.data import build_data
 
     cfg = load_config(
         "configs/tinyimagenet/resnet56_resnet20.yaml",

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from selection import LossWeights, build_selector
-from selection.tl import cutmix, cutmix_box, derangement, kept_area, mixup, pick, pick_scores
+from unixkd.selection import LossWeights, build_selector
+from unixkd.selection.tl import cutmix, cutmix_box, derangement, kept_area, mixup, pick, pick_scores
 
 N, C, H, W = 6, 4, 8, 10
 

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import yaml
 
-import launch
 from test_train_e2e import launch_config, read_rows, small_config
-from training import trackers
-from training.config import ConfigError, load_config
-from training.distributed import make_accelerator
-from training.trainer import train
+from unixkd import launch
+from unixkd.training import trackers
+from unixkd.training.config import ConfigError, load_config
+from unixkd.training.distributed import make_accelerator
+from unixkd.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 STEPWISE = ("train.log_every=1", "train.checkpoint_every=2", "train.eval_every=0")
@@ -250,7 +250,7 @@ def test_a_preempted_run_ends_its_trackers_and_its_resume_continues_them(tmp_pat
     ran once) with every row up to the preempted summary in it; the resume continues the same record."""
     import accelerate.tracking
 
-    import training.step as step_module
+    import unixkd.training.step as step_module
 
     finished, calls = [], {"n": 0}
     real_finish, real_call = accelerate.tracking.TensorBoardTracker.finish, step_module.DistillStep.__call__
@@ -285,7 +285,7 @@ def test_a_preempted_run_ends_its_trackers_and_its_resume_continues_them(tmp_pat
 def test_compare_logs_each_method_to_its_own_out_dir(tmp_path, digits_root, teacher_ckpt):
     """Several runs in one process (compare; the demo's teacher run is the same case): each Accelerator holds
     its own trackers, so each method's TensorBoard run is in its own out_dir and equals its own metrics.jsonl."""
-    from training.compare import run_compare
+    from unixkd.training.compare import run_compare
 
     cfg = small_config(
         tmp_path,
@@ -342,8 +342,8 @@ def test_a_failed_run_is_marked_failed_in_wandb_and_keeps_its_rows(
 ):
     """A run that stops itself (NaN at step 2) ends its trackers: W&B's offline run exits with code 1 (failed)
     after the rows logged before; TensorBoard has the same rows as metrics.jsonl."""
-    import training.step as step_module
-    from training.guards import NonFiniteError
+    import unixkd.training.step as step_module
+    from unixkd.training.guards import NonFiniteError
 
     real_loss, n = step_module.distill_loss, {"calls": 0}
 

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-import launch
-from training.config import load_config
-from training.cost import backward_flops
-from training.models import create_model
-from training.trainer import train
+from unixkd import launch
+from unixkd.training.config import load_config
+from unixkd.training.cost import backward_flops
+from unixkd.training.models import create_model
+from unixkd.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from selection.uncertainty import CRITERIA, uncertainty
-from selection.unix import correction_factor, unix_mix
+from unixkd.selection.uncertainty import CRITERIA, uncertainty
+from unixkd.selection.unix import correction_factor, unix_mix
 
 
 def sigmoid(z):

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selection import build_selector
 from test_step import CPUAccelerator
-from training.config import OptimConfig
-from training.features import FeatureDistill, default_layers
-from training.models import create_model
-from training.optim import build_optimizer
-from training.step import DistillStep
-from training.views import SeparateViews
+from unixkd.selection import build_selector
+from unixkd.training.config import OptimConfig
+from unixkd.training.features import FeatureDistill, default_layers
+from unixkd.training.models import create_model
+from unixkd.training.optim import build_optimizer
+from unixkd.training.step import DistillStep
+from unixkd.training.views import SeparateViews
 
 N, C, S, T, LR, WD = 8, 10, 16, 4.0, 0.05, 5e-4
 STEPS = 3

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import launch
-from training import wallclock
-from training.compare import summarize
-from training.config import ConfigError, load_config
-from training.errors import UserError
-from training.wallclock import Calibration, PhaseModel, WallclockBudgetError, interpolate, nondecreasing
+from unixkd import launch
+from unixkd.training import wallclock
+from unixkd.training.compare import summarize
+from unixkd.training.config import ConfigError, load_config
+from unixkd.training.errors import UserError
+from unixkd.training.wallclock import Calibration, PhaseModel, WallclockBudgetError, interpolate, nondecreasing
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 N, K = 32, 24
@@ -146,7 +146,7 @@ def test_a_budget_the_scoring_pass_alone_takes_is_refused_in_one_line():
 
 
 def test_decide_prints_k_and_both_fractions_and_round_trips():
-    from training.cost import CostLedger
+    from unixkd.training.cost import CostLedger
 
     ledger = CostLedger(Ft=38.0, Fs=1.0, Bs=2.0)
     cal = wallclock.decide(recorded(), 0.8, ledger)
@@ -160,8 +160,8 @@ def test_decide_prints_k_and_both_fractions_and_round_trips():
 
 
 def test_config_takes_wallclock_and_make_selector_wants_its_k(digits_root, teacher_ckpt):
-    from training.distributed import make_accelerator
-    from training.trainer import make_selector
+    from unixkd.training.distributed import make_accelerator
+    from unixkd.training.trainer import make_selector
 
     cfg = small_config(Path("/tmp/unused"), digits_root, teacher_ckpt, "selection.budget=0.8")
     assert wallclock.enabled(cfg) and cfg.selection.calibration_steps >= 1
@@ -253,8 +253,8 @@ def small_config(tmp_path: Path, digits_root: Path, teacher_ckpt: Path, *extra: 
 
 
 def test_measuring_puts_back_weights_optimizer_schedule_and_rngs(tmp_path, digits_root, teacher_ckpt):
-    from training.distributed import make_accelerator
-    from training.timing import build_timed_run
+    from unixkd.training.distributed import make_accelerator
+    from unixkd.training.timing import build_timed_run
 
     cfg = small_config(
         tmp_path, digits_root, teacher_ckpt, "data.batch_size=8", "selection.k=6", "optim.warmup_epochs=0.5"
@@ -348,14 +348,15 @@ def test_a_calibrated_run_resumes_with_its_k_and_trains_as_that_k(
 
 
 def launch_train(cfg):
-    from training.trainer import train
+    from unixkd.training.trainer import train
 
     return train(cfg)
 
 
 @pytest.mark.slow
 def test_compare_seeds_resumes_reuses_and_aggregates(tmp_path, digits_root, teacher_ckpt, monkeypatch, capsys):
-    import training.trainer
+    import unixkd.training.trainer  # noqa: F401 (loads the submodule)
+    from unixkd import training
 
     args = [
         "compare",

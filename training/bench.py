@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from selection import GraphedUnixSelector
+from unixkd.selection import GraphedUnixSelector
 
 from . import wallclock
 from .bench_micro import format_micro, selection_micro, teacher_micro, teacher_modes_for
@@ -97,7 +97,7 @@ def bench(
     accelerator=None,
 ) -> dict:
     """Time `selectors` (and the peer) on `cfg`'s pair; returns the result record (see benchmarks/README.md)."""
-    from selection import SELECTORS
+    from unixkd.selection import SELECTORS
 
     bad = [s for s in selectors if s not in SELECTORS]
     if not selectors or bad:
@@ -228,7 +228,7 @@ def bench(
 def _teacher_rows(cfg: Config, fused: dict, N: int) -> int:
     """The rows the teacher sees per step: UNIX's (or Random's) k as built (budget mode included), else the
     config's selection.k."""
-    from selection import resolve_k
+    from unixkd.selection import resolve_k
 
     for name in ("unix", "random"):
         if name in fused:
@@ -447,7 +447,7 @@ class TimmPeer:
     def __init__(self, cfg: Config, teacher, num_classes: int, accelerator):
         from timm.task import DistillationTeacher, LogitDistillationTask
 
-        from pipeline import IMAGENET_MEAN, IMAGENET_STD
+        from unixkd.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
         from .models import create_model
         from .optim import build_optimizer

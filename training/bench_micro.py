@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from selection import GraphedUnixSelector, resolve_k, score
+from unixkd.selection import GraphedUnixSelector, resolve_k, score
 
 from .config import ConfigError
 from .fastpath import TeacherForward, eager_selector

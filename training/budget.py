@@ -86,7 +86,7 @@ def budget_k(
 ) -> tuple[int, str]:
     """The k for `method` under `budget`, and the line to print. `measured_Bs`: the student's measured
     backward FLOPs per image, needed by the `measured` convention only."""
-    from selection import SELECTORS
+    from unixkd.selection import SELECTORS
 
     scores = SELECTORS[method].scores_batch
     Bs = backward_flops(convention, Fs, measured_Bs)

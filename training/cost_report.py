@@ -8,7 +8,7 @@ from .errors import UserError
 
 def parse_k(text: str, N: int) -> int:
     """--k: a count ("192") or a fraction of N ("0.75"), resolved like selection.k."""
-    from selection import resolve_k
+    from unixkd.selection import resolve_k
 
     try:
         k = int(text)

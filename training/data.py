@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import (
+from unixkd.pipeline import (
     IMAGENET_LARGEST,
     ArrayDaliLoader,
     DaliLoader,
@@ -21,8 +21,8 @@ from pipeline import (
     scan_folder,
     scan_tinyimagenet,
 )
-from pipeline.cifar import STATS as CIFAR_STATS
-from pipeline.folder import compare_classes, names
+from unixkd.pipeline.cifar import STATS as CIFAR_STATS
+from unixkd.pipeline.folder import compare_classes, names
 
 from .config import Config
 from .distributed import on_main

@@ -6,7 +6,7 @@ a resume — worded as one line that names the key, file or folder (`ConfigError
 traceback show instead of dressing it as the user's mistake.
 """
 
-from pipeline.errors import DataError
+from unixkd.pipeline.errors import DataError
 
 
 class UserError(ValueError):

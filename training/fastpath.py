@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from selection import UnixSelector
-from selection.graphed import GraphedUnixSelector, StaticGraph
+from unixkd.selection import UnixSelector
+from unixkd.selection.graphed import GraphedUnixSelector, StaticGraph
 
 from .config import Config, ConfigError
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.dali import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, VAL_CROP_MODES
+from unixkd.pipeline.dali import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, VAL_CROP_MODES
 
 from .config import Config, ConfigError
 from .models import TV_PREFIX
@@ -111,7 +111,7 @@ def resolve_preprocess(cfg: Config) -> Preprocess:
     fallback = dict(TORCHVISION_DEFAULTS)
     fallback_source = "torchvision default" if d.dataset in ("folder", "digits") else f"{d.dataset} default"
     if d.dataset in ("cifar10", "cifar100"):
-        from pipeline.cifar import STATS
+        from unixkd.pipeline.cifar import STATS
 
         fallback["mean"], fallback["std"] = STATS[d.dataset]
     values, sources = {}, {}

@@ -26,7 +26,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from selection import GraphedUnixSelector
+from unixkd.selection import GraphedUnixSelector
 
 from . import wallclock
 from .budget import cost_fraction
@@ -165,7 +165,7 @@ def profile(
 
     `data`: `pipeline` (the configured dataset's loader, DALI) or `synthetic` (one random batch resident on the
     device, as bench's synthetic mode: no dataset, no DALI; data_wait is then ~0)."""
-    from selection import SELECTORS
+    from unixkd.selection import SELECTORS
 
     method = selector or cfg.selection.method
     if method not in SELECTORS:
@@ -284,7 +284,7 @@ def predicted_wall(cfg: Config, accelerator, run, num_classes: int, method: str,
     """The wall-clock model (training/wallclock.py) of `method` on this run (`model`, or measured now), at the
     profiled k: the predicted wall fraction of KD beside the FLOP fraction. None for methods that keep no k
     (KD: 1 by definition)."""
-    from selection import SELECTORS, resolve_k
+    from unixkd.selection import SELECTORS, resolve_k
 
     from .config import BUDGET_METHODS
 

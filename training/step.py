@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from selection import LossWeights
+from unixkd.selection import LossWeights
 
 from .features import FeatureDistill, capture, no_capture
 from .guards import NonFiniteError, all_finite

@@ -237,7 +237,9 @@ def _versions() -> dict:
             out[name] = md.version(dist)
         except md.PackageNotFoundError:
             out[name] = None
-    from pipeline import dali_version  # the DALI that imports here, if any (nothing outside pipeline/ imports it)
+    from unixkd.pipeline import (
+        dali_version,  # the DALI that imports here, if any (nothing outside pipeline/ imports it)
+    )
 
     out["dali"] = dali_version()
     out["cuda"] = torch.version.cuda

@@ -19,9 +19,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from selection import build_selector
-from selection.graphed import graphed
-from selection.selectors import resolve_k
+from unixkd.selection import build_selector
+from unixkd.selection.graphed import graphed
+from unixkd.selection.selectors import resolve_k
 
 from . import checkpoint as ckpt
 from . import run_dir, trackers, wallclock

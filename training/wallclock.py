@@ -246,7 +246,7 @@ def decide(model: PhaseModel, budget: float, ledger=None, k_min: int = 1) -> Cal
     k = model.choose_k(budget, k_min)
     paper = measured = None
     if ledger is not None:
-        from selection import SELECTORS
+        from unixkd.selection import SELECTORS
 
         from .budget import cost_fraction
 
@@ -287,7 +287,7 @@ def measure(
 
     Everything the steps change is put back afterwards (see the module docstring). Every process steps (DDP's
     collectives are part of the step); each returns its own times (`for_run` uses the main process's)."""
-    from selection import GraphedUnixSelector
+    from unixkd.selection import GraphedUnixSelector
 
     from .fastpath import TeacherForward
     from .profile import ForwardMarks, _scoring_models, fold_fused, walk_step

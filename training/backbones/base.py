@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
+from unixkd.pipeline.cifar import CIFAR100_MEAN, CIFAR100_STD
 
 
 def conv_bn(
