@@ -360,7 +360,7 @@ class CaptureLikeStaticGraph(StaticGraph):
 def test_profile_with_a_graphed_selection_counts_its_flops_once(
     tmp_path, digits_root, teacher_ckpt, per_image, static_twins, monkeypatch
 ):
-    graphed_module = importlib.import_module("selection.graphed")  # `selection.graphed` is also a function
+    graphed_module = importlib.import_module("unixkd.selection.graphed")  # `selection.graphed` is also a function
     monkeypatch.setattr(graphed_module, "StaticGraph", CaptureLikeStaticGraph)
     monkeypatch.setattr(training.fastpath, "StaticGraph", CaptureLikeStaticGraph)
     Ft, Fs, Bs = per_image

@@ -430,7 +430,7 @@ def test_a_missing_tracker_package_is_one_line_before_anything_is_made(
     installed is refused the same way."""
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb fails, find_spec finds nothing
     cfg = small_config(tmp_path, digits_root, teacher_ckpt, "train.log_with=tensorboard,wandb")
-    with mock.patch("training.trainer.build_data") as build_data, pytest.raises(ConfigError) as info:
+    with mock.patch("unixkd.training.trainer.build_data") as build_data, pytest.raises(ConfigError) as info:
         train(cfg)
     one_line(info.value, "'train.log_with'", "wandb", "pip install wandb")
     assert not build_data.called and not Path(cfg.out_dir).exists()

@@ -252,9 +252,19 @@ def draw_figure(result: dict, path: str | Path) -> Path:
 
 def write_result(result: dict, out_dir: str | Path) -> list[Path]:
     """compare.json and compare_cost.png in out_dir (each written whole or not at all)."""
+    import os
+
+    import torch
+
+    from .timing import environment
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / RESULT]
+    # the record every result file carries (machine, versions, commit), and how loaded the machine was: the wall
+    # columns are only as good as the machine was quiet
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = {**result, "environment": environment(device), "load_average_at_end": list(os.getloadavg())}
     atomic_write_json(out / RESULT, result, indent=1)
     try:
         written.append(draw_figure(result, out / FIGURE))
