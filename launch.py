@@ -178,9 +178,9 @@ def cmd_compare(args) -> int:
 def cmd_eval(args) -> int:
     from unixkd.training.config import ConfigError, load_config
     from unixkd.training.data import build_data
+    from unixkd.training.distributed import make_accelerator
     from unixkd.training.evaluate import evaluate
     from unixkd.training.models import create_model
-    from unixkd.training.trainer import make_accelerator
 
     overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
     ckpts = [o.split("=", 1)[1] for o in args.overrides if o.startswith("checkpoint=")]
@@ -285,7 +285,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from unixkd.training.report import draw_report
+    from unixkd.training.measure.report import draw_report
 
     for path in draw_report(args.out_dir):
         print(path)
@@ -347,7 +347,7 @@ def add_measure_commands(sub) -> None:
 
 
 def cmd_cost(args) -> int:
-    from unixkd.training.cost_report import cost_report, format_cost
+    from unixkd.training.measure.cost_report import cost_report, format_cost
 
     report = cost_report(
         teacher=args.teacher,
@@ -385,9 +385,9 @@ def cmd_cost(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from unixkd.training.bench import bench, format_table
     from unixkd.training.files import atomic_write_json
-    from unixkd.training.timing import load_timing_config
+    from unixkd.training.measure.bench import bench, format_table
+    from unixkd.training.measure.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
@@ -412,8 +412,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from unixkd.training.profile import format_table, profile
-    from unixkd.training.timing import load_timing_config
+    from unixkd.training.measure.profile import format_table, profile
+    from unixkd.training.measure.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     result = profile(

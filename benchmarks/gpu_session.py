@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ("resnet18_shufflenetv2", "convnext_base_resnet18")
 P1A_MARGIN, P1B_MARGIN, P2_RATIO, P5_MFU = 0.02, 0.03, 1.05, 0.40
-DATASHEET_PEAK = 989e12  # H100/H200 SXM dense bf16 (training/timing.py PEAK_FLOPS)
+DATASHEET_PEAK = 989e12  # H100/H200 SXM dense bf16 (training/measure/timing.py PEAK_FLOPS)
 FINGERPRINT_DIRS = ("pipeline", "selection", "training", "benchmarks", "tests", "configs")
 FINGERPRINT_FILES = ("launch.py", "pyproject.toml", "setup.cfg")
 FINGERPRINT_SUFFIXES = (".py", ".sh", ".yaml", ".toml", ".cfg")
@@ -79,7 +79,7 @@ def cmd_env(args) -> int:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from unixkd.training.timing import environment
+    from unixkd.training.measure.timing import environment
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from unixkd.training.timing import environment
+    from unixkd.training.measure.timing import environment
 
     command = "python benchmarks/preprocess_parity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 
 from unixkd.training.config import load_config  # noqa: E402
 from unixkd.training.data import build_data  # noqa: E402
-from unixkd.training.trainer import make_accelerator  # noqa: E402
+from unixkd.training.distributed import make_accelerator  # noqa: E402
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)

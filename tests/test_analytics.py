@@ -1,4 +1,4 @@
-"""training.analytics, per-class evaluation and training.report: counts against hand-made selections, PNGs drawn."""
+"""training.analytics, per-class evaluation and training.measure.report: counts against hand-made selections, PNGs drawn."""
 
 import contextlib
 import json
@@ -12,7 +12,7 @@ import torch
 from unixkd import launch
 from unixkd.training.analytics import SamplingLog, load_sampling
 from unixkd.training.evaluate import evaluate
-from unixkd.training.report import draw_report
+from unixkd.training.measure.report import draw_report
 
 C = 4
 

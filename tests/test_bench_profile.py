@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import unixkd.training.fastpath  # noqa: F401 (loads the submodule)
-import unixkd.training.profile  # noqa: F401 (loads the submodule)
+import unixkd.training.measure.profile  # noqa: F401 (loads the submodule)
 import unixkd.training.trainer  # noqa: F401 (loads the submodule)
 from unixkd import launch, training
 from unixkd.selection import GraphedUnixSelector, UnixSelector
@@ -303,9 +303,10 @@ def test_bench_fast_path_both_times_fused_and_eager_side_by_side(tmp_path, teach
 def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
     """Each fused runner has its own graphed selector and teacher forward (their outputs live in buffers the next
     replay overwrites, one graph per shape); eager runners call the plain selector and the modules."""
-    from unixkd.training.bench import build_runners
-    from unixkd.training.timing import build_timed_run, load_timing_config
-    from unixkd.training.trainer import make_accelerator, make_selector
+    from unixkd.training.build import make_selector
+    from unixkd.training.distributed import make_accelerator
+    from unixkd.training.measure.bench import build_runners
+    from unixkd.training.measure.timing import build_timed_run, load_timing_config
 
     cfg = load_timing_config(
         DEMO,
@@ -335,8 +336,8 @@ def test_bench_runners_own_their_static_buffers(teacher_ckpt, static_twins):
 
 
 def test_bench_teacher_modes_option():
-    from unixkd.training.bench_micro import teacher_modes_for
     from unixkd.training.config import ConfigError
+    from unixkd.training.measure.bench_micro import teacher_modes_for
 
     cpu = torch.device("cpu")
     assert teacher_modes_for("auto", cpu) == ["eager"] and teacher_modes_for("none", cpu) == []
@@ -402,7 +403,7 @@ def test_profile_with_a_graphed_selection_counts_its_flops_once(
     def no_matplotlib(result, path):
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(training.profile, "plot", no_matplotlib)
+    monkeypatch.setattr(training.measure.profile, "plot", no_matplotlib)
     assert (
         launch.main(["profile", "--config", DEMO, "--fast-path", "eager", "--out", str(tmp_path / "eager"), *common])
         == 0

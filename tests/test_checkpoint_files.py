@@ -548,8 +548,8 @@ def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
 
 
 def test_a_teacher_folder_counts_as_present(tmp_path):
+    from unixkd.training.measure.timing import teacher_weights
     from unixkd.training.recipes import ensure_teacher
-    from unixkd.training.timing import teacher_weights
 
     (tmp_path / "final").mkdir()
     cfg = load_config(

@@ -203,7 +203,7 @@ def test_fast_path_switches_resolve_per_device():
 def test_build_run_on_cpu_is_eager_and_channels_last_steps(teacher_ckpt):
     from accelerate import Accelerator
 
-    from unixkd.training.trainer import build_run
+    from unixkd.training.build import build_run
 
     cfg = load_config(
         "configs/demo.yaml",
@@ -337,7 +337,7 @@ def test_training_steps_with_graphs_track_eager_steps(teacher_ckpt, fresh_accele
     from the same seed: the weights change every step, so a replay reading stale weights would drift."""
     from accelerate import Accelerator
 
-    from unixkd.training.trainer import build_run
+    from unixkd.training.build import build_run
 
     def run(fast: bool):
         cfg = load_config(
@@ -379,7 +379,7 @@ def test_compiled_teacher_and_student_match_eager_steps(teacher_ckpt):
     and weights as eager steps, and the run's module (saved, evaluated) is not the compiled one."""
     from accelerate import Accelerator
 
-    from unixkd.training.trainer import build_run
+    from unixkd.training.build import build_run
 
     def run(compiled: bool):
         cfg = load_config(
@@ -422,8 +422,8 @@ def test_a_training_step_never_writes_the_environment(fresh_accelerator_state):
     autocast does when given an AutocastKwargs handler) races them into a segfault. bf16: autocast is on."""
     import sys
 
-    from unixkd.training.timing import build_timed_run, load_timing_config
-    from unixkd.training.trainer import make_accelerator
+    from unixkd.training.distributed import make_accelerator
+    from unixkd.training.measure.timing import build_timed_run, load_timing_config
 
     global _ENV_WRITES
     cfg = load_timing_config(

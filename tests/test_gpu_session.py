@@ -173,7 +173,7 @@ def test_a_measured_peak_replaces_the_table_for_bf16_and_fp16(monkeypatch):
     """UNIXKD_PEAK_FLOPS (what the session script exports after its matmul step) is MFU's denominator, named."""
     import torch
 
-    from unixkd.training.timing import peak_flops
+    from unixkd.training.measure.timing import peak_flops
 
     monkeypatch.setenv("UNIXKD_PEAK_FLOPS", "7.9e14")
     monkeypatch.setenv("UNIXKD_PEAK_BASIS", "bf16 matmul n=8192")

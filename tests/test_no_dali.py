@@ -45,8 +45,8 @@ def test_the_compute_modules_import_without_trying_dali():
     """`import unixkd.pipeline` and everything bench, profile, cost and the step import: not one attempt at DALI."""
     out = run_without_dali(
         "from unixkd import launch, pipeline, selection\n"
-        "import unixkd.training.bench, unixkd.training.profile, unixkd.training.cost_report\n"
-        "import unixkd.training.trainer, unixkd.training.data, unixkd.training.timing, unixkd.training.fastpath\n"
+        "import unixkd.training.measure.bench, unixkd.training.measure.profile, unixkd.training.measure.cost_report\n"
+        "import unixkd.training.trainer, unixkd.training.data, unixkd.training.measure.timing, unixkd.training.fastpath\n"
         "import unixkd.selection.graphed\n"
         "print('tried', NoDali.tried)\n"
     )

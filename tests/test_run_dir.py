@@ -22,7 +22,7 @@ from unixkd.training import run_dir
 from unixkd.training.config import ConfigError
 from unixkd.training.files import atomic_path, atomic_write_text
 from unixkd.training.guards import CheckpointWriteError
-from unixkd.training.report import read_metrics
+from unixkd.training.measure.report import read_metrics
 from unixkd.training.trainer import train
 
 pytestmark = pytest.mark.slow

@@ -23,9 +23,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from unixkd.selection import METHODS
 from unixkd.training.analytics import SamplingLog
+from unixkd.training.build import make_selector
+from unixkd.training.distributed import make_accelerator
 from unixkd.training.evaluate import evaluate
-from unixkd.training.timing import build_timed_run, load_timing_config, synthetic_batch
-from unixkd.training.trainer import make_accelerator, make_selector
+from unixkd.training.measure.timing import build_timed_run, load_timing_config, synthetic_batch
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")

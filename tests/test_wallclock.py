@@ -160,8 +160,8 @@ def test_decide_prints_k_and_both_fractions_and_round_trips():
 
 
 def test_config_takes_wallclock_and_make_selector_wants_its_k(digits_root, teacher_ckpt):
+    from unixkd.training.build import make_selector
     from unixkd.training.distributed import make_accelerator
-    from unixkd.training.trainer import make_selector
 
     cfg = small_config(Path("/tmp/unused"), digits_root, teacher_ckpt, "selection.budget=0.8")
     assert wallclock.enabled(cfg) and cfg.selection.calibration_steps >= 1
@@ -254,7 +254,7 @@ def small_config(tmp_path: Path, digits_root: Path, teacher_ckpt: Path, *extra: 
 
 def test_measuring_puts_back_weights_optimizer_schedule_and_rngs(tmp_path, digits_root, teacher_ckpt):
     from unixkd.training.distributed import make_accelerator
-    from unixkd.training.timing import build_timed_run
+    from unixkd.training.measure.timing import build_timed_run
 
     cfg = small_config(
         tmp_path, digits_root, teacher_ckpt, "data.batch_size=8", "selection.k=6", "optim.warmup_epochs=0.5"

@@ -256,7 +256,7 @@ def write_result(result: dict, out_dir: str | Path) -> list[Path]:
 
     import torch
 
-    from .timing import environment
+    from .measure.timing import environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ The FLOP model prices a small student at F_s/F_t of the teacher, but a small stu
 launch-bound, so its share of a step's time is larger than its share of the FLOPs. This module predicts
 step times from measured phase times and picks k from them.
 
-**The phase-time model.** A step is `profile`'s phases (training/profile.py `walk_step`, the same clock and
+**The phase-time model.** A step is `profile`'s phases (training/measure/profile.py `walk_step`, the same clock and
 hooks): the method's selection (scoring forward on all N + sort/mix; "selection (fused)" when it is one CUDA
 graph replay), then the row phases on the k rows the teacher sees: teacher forward, student forward + loss,
 student backward, optimizer. Per-row times are not constant in k (small batches use the device worse), so
@@ -289,10 +289,10 @@ def measure(
     collectives are part of the step); each returns its own times (`for_run` uses the main process's)."""
     from unixkd.selection import GraphedUnixSelector
 
+    from .build import make_selector
     from .fastpath import TeacherForward
-    from .profile import ForwardMarks, _scoring_models, fold_fused, walk_step
-    from .timing import Clock, synthetic_batch
-    from .trainer import make_selector
+    from .measure.profile import ForwardMarks, _scoring_models, fold_fused, walk_step
+    from .measure.timing import Clock, synthetic_batch
 
     if steps < 1 or warmup < 0:
         raise UserError(f"wall-clock calibration: steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -342,7 +342,7 @@ def measure(
         "steps": steps,
         "warmup": warmup,
         "batch": "one resident synthetic batch (dtype and memory format of the loaders), rounds interleaved",
-        "timing": "training.profile.walk_step: perf_counter at every phase boundary, device synced at each",
+        "timing": "training.measure.profile.walk_step: perf_counter at every phase boundary, device synced at each",
     }
     kd = medians[0]
     models = {}
@@ -488,7 +488,7 @@ def time_pair(
     predicted from the row phases alone (its selection, a random gather, is not measured: ~0)."""
     from .config import Config
     from .distributed import make_accelerator
-    from .timing import build_timed_run
+    from .measure.timing import build_timed_run
 
     cfg = Config()
     cfg.model.teacher, cfg.model.student, cfg.model.teacher_checkpoint = teacher, student, ""

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import Config, ConfigError, load_config
-from .trainer import Run, build_run
+from ..build import Run, build_run
+from ..config import Config, ConfigError, load_config
 
 DATA_MODES = ("synthetic", "pipeline", "both")
 PLACEHOLDER_ROOT = "(none: synthetic batches)"
@@ -88,7 +88,7 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
             "config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
             "without a dataset (data.root is empty)"
         )
-    from .data import Data, build_data, dataset_classes
+    from ..data import Data, build_data, dataset_classes
 
     if modes == ["synthetic"]:
         return Data(train=None, val=None, classes=dataset_classes(cfg, accelerator), root=Path(cfg.data.root))
@@ -98,7 +98,7 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
 def synthetic_batch(cfg: Config, num_classes: int, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of N random normalized images and labels, resident on the training device, in the dtype and
     memory format the loaders would hand over (so synthetic and pipeline steps run the same kernels)."""
-    from .data import output_dtype
+    from ..data import output_dtype
 
     g = torch.Generator().manual_seed(seed)
     N, S = cfg.data.batch_size, cfg.data.image_size
@@ -188,7 +188,7 @@ def peak_flops(device: torch.device, mixed_precision: str) -> dict:
                 "flops_per_s": flops,
                 "basis": f"{key} dense {mixed_precision} tensor-core peak, {flops / 1e12:.0f} TFLOP/s ({name})",
             }
-    return {"flops_per_s": None, "basis": f"{name} is not in the peak table (training/timing.py PEAK_FLOPS)"}
+    return {"flops_per_s": None, "basis": f"{name} is not in the peak table (training/measure/timing.py PEAK_FLOPS)"}
 
 
 def mfu(flops: float | None, ms: float | None, peak: dict) -> float | None:

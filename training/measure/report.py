@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .analytics import load_sampling
-from .errors import UserError
-from .files import save_figure
+from ..analytics import load_sampling
+from ..errors import UserError
+from ..files import save_figure
 
 REPORT_DIR = "report"
 
@@ -65,7 +65,7 @@ def draw_report(out_dir: str | Path) -> list[Path]:
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: no such run folder")
     if (out_dir / "compare.json").is_file() and not (out_dir / "metrics.jsonl").is_file():
-        from .compare import draw_from_folder
+        from ..compare import draw_from_folder
 
         return draw_from_folder(out_dir)  # a compare's folder: its cost figure (the UNIX paper's Fig. 1)
     rows = read_metrics(out_dir)

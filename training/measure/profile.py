@@ -10,7 +10,7 @@ reads each phase's FLOPs; then the timed steps read the clock, with a device syn
 (so a profiled step is a little slower than a benchmarked one: compare shares, not totals, with `bench`).
 FlopCounterMode counts convolutions and matrix products; elementwise work (mixing, softmax, BatchNorm,
 the SGD update) counts 0, so those phases show time and no FLOPs. MFU per phase: its FLOPs over its median
-time over the device's peak (training/timing.py PEAK_FLOPS; none on a CPU).
+time over the device's peak (training/measure/timing.py PEAK_FLOPS; none on a CPU).
 
 The fast path (--fast-path fused, the default: the run as it resolves; eager: plain selector, teacher and
 student modules called directly). The FLOP walk is always the eager twin of the step: a CUDA graph's capture
@@ -28,13 +28,15 @@ from pathlib import Path
 
 from unixkd.selection import GraphedUnixSelector
 
-from . import wallclock
-from .budget import cost_fraction
-from .config import Config, ConfigError, to_dict
-from .cost import flop_counter
-from .errors import UserError
-from .fastpath import eager_step, step_modes
-from .files import atomic_write_json, save_figure
+from .. import wallclock
+from ..budget import cost_fraction
+from ..build import make_selector
+from ..config import Config, ConfigError, to_dict
+from ..cost import flop_counter
+from ..distributed import make_accelerator
+from ..errors import UserError
+from ..fastpath import eager_step, step_modes
+from ..files import atomic_write_json, save_figure
 from .timing import (
     Clock,
     build_timed_run,
@@ -47,7 +49,6 @@ from .timing import (
     teacher_weights,
     timing_data,
 )
-from .trainer import make_accelerator, make_selector
 
 PHASES = (
     "data_wait",
@@ -286,7 +287,7 @@ def predicted_wall(cfg: Config, accelerator, run, num_classes: int, method: str,
     (KD: 1 by definition)."""
     from unixkd.selection import SELECTORS, resolve_k
 
-    from .config import BUDGET_METHODS
+    from ..config import BUDGET_METHODS
 
     if method not in BUDGET_METHODS:
         return None

@@ -17,9 +17,9 @@ equally; medians ignore the odd stall.
   times the two side by side in the same rounds. Where the run resolves to eager anyway (a CPU), there is
   nothing fused to time: one line says so and the eager runners are timed once.
 
-Then, on the resident batch, the micro-benchmarks of training/bench_micro.py (the selection against a bare
+Then, on the resident batch, the micro-benchmarks of training/measure/bench_micro.py (the selection against a bare
 student forward, the teacher forward in each mode), and the issue-7 targets computed from all of it
-(training/targets.py).
+(training/measure/targets.py).
 
 Runners never share what the fast path keeps in static buffers: each has its own selector (a graphed one
 captures its own graph, whose outputs the next replay overwrites) and its own graphed teacher forward (one
@@ -40,13 +40,15 @@ from torch import Tensor
 
 from unixkd.selection import GraphedUnixSelector
 
-from . import wallclock
+from .. import wallclock
+from ..build import make_selector
+from ..config import Config, ConfigError, to_dict
+from ..cost import CostLedger
+from ..distributed import make_accelerator
+from ..errors import UserError
+from ..fastpath import TeacherForward, eager_step, step_modes
+from ..step import DistillStep, StepCounts
 from .bench_micro import format_micro, selection_micro, teacher_micro, teacher_modes_for
-from .config import Config, ConfigError, to_dict
-from .cost import CostLedger
-from .errors import UserError
-from .fastpath import TeacherForward, eager_step, step_modes
-from .step import DistillStep, StepCounts
 from .targets import format_targets, targets
 from .timing import (
     Clock,
@@ -61,7 +63,6 @@ from .timing import (
     teacher_weights,
     timing_data,
 )
-from .trainer import make_accelerator, make_selector
 
 PEERS = ("timm",)
 FAST_PATHS = ("fused", "eager", "both")
@@ -449,8 +450,8 @@ class TimmPeer:
 
         from unixkd.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
-        from .models import create_model
-        from .optim import build_optimizer
+        from ..models import create_model
+        from ..optim import build_optimizer
 
         if cfg.mixed_precision == "fp16":
             raise ConfigError(
@@ -507,7 +508,7 @@ class TimmPeer:
     def _make_loader(self):
         from torchvision import datasets, transforms
 
-        from .data import dataset_root
+        from ..data import dataset_root
 
         d = self.cfg.data
         tf = [transforms.RandomResizedCrop(d.image_size, scale=tuple(d.crop_scale), ratio=tuple(d.crop_ratio))]

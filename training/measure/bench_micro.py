@@ -23,8 +23,8 @@ from torch import Tensor
 
 from unixkd.selection import GraphedUnixSelector, resolve_k, score
 
-from .config import ConfigError
-from .fastpath import TeacherForward, eager_selector
+from ..config import ConfigError
+from ..fastpath import TeacherForward, eager_selector
 from .timing import EventClock, median, mfu
 
 TEACHER_MODES = ("eager", "graph", "compile")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .cost import check_convention, measure_pair, random_cost_ratio, unix_cost_ratio, unix_k_for_budget
-from .errors import UserError
+from ..cost import check_convention, measure_pair, random_cost_ratio, unix_cost_ratio, unix_k_for_budget
+from ..errors import UserError
 
 
 def parse_k(text: str, N: int) -> int:
@@ -48,7 +48,7 @@ def cost_report(
     if ft_over_fs is None:
         if not teacher or not student:
             raise UserError("cost needs --teacher and --student (or --ft-over-fs R to skip building models)")
-        from .models import create_model
+        from ..models import create_model
 
         per = measure_pair(create_model(teacher, num_classes), create_model(student, num_classes), image_size)
         Ft, Fs, Bs_measured = per
