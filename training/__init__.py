@@ -1,9 +1,10 @@
 """training/: composes pipeline/ and selection/ into an Accelerate-driven distillation run.
 
-config (typed YAML) · models (timm / tv/ torchvision) · losses (KD, mixed CE) · cost (FLOP counting, cost model,
-ledger) · optim (SGD + schedule) · checkpoint (atomic save/resume) · evaluate (top-1/5) · trainer (the loop)
-· recipes (teacher-if-missing, method comparison) · cost_report / bench / profile / timing (the measuring
-commands).
+config (typed YAML) · models (timm / tv/ torchvision) · build (config → the Run the loop steps) · trainer (the
+loop) · step (one step's phases) · losses (KD, mixed CE) · cost / budget / wallclock (FLOP counting, cost model,
+ledger; k for a FLOP or a wall-clock budget) · optim (SGD + schedule) · checkpoint (atomic save/resume) · evaluate
+(top-1/5) · recipes / compare (teacher-if-missing, method comparison). The commands that measure or report
+(bench, profile, cost, report) live in measure/.
 """
 
 from .config import Config, ConfigError, load_config
