@@ -2,7 +2,7 @@
 
 KD, Random+KD, UNIX (selectors.py); the UNIX paper's ablations (ablations.py); TL-augmentation (tl.py);
 UNIX replayed from one CUDA graph, with its CPU twin (graphed.py).
-Knows tensors and a student callable; nothing of DALI or Accelerate. Formulas: SPEC.md §2-§3.
+Knows tensors and a student callable; nothing of DALI or Accelerate. Formulas: docs/algorithms.md §2-§3.
 """
 
 from .ablations import MixupSelector, NonAdaptiveSelector, UncertaintySelector  # importing registers them

@@ -1,4 +1,4 @@
-"""The UNIX paper's Table 5 ablations: each drops one ingredient of UNIX (SPEC §2, "Baselines and ablations").
+"""The UNIX paper's Table 5 ablations: each drops one ingredient of UNIX (docs/algorithms.md §2, "Baselines and ablations").
 
     uncertainty   top-k by uncertainty, clean images            (UNIX without the mixup)
     mixup         k random images, plain mixup m = λ            (UNIX without the uncertainty)

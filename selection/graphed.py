@@ -2,7 +2,7 @@
 
 Eager UNIX launches a few hundred small kernels per step from Python (the student's layers, then softmax,
 entropy, argsort, gathers, the blend); on a fast GPU the launches, not the math, set the pace. Here the whole
-of SPEC §2 steps 1-8 is captured once into a CUDA graph over static buffers and replayed each step: one
+of docs/algorithms.md §2 steps 1-8 is captured once into a CUDA graph over static buffers and replayed each step: one
 launch. The eager code is the graph's body, so `unix_mix` stays the single definition of the math.
 
 Randomness stays on the host, in the selector's seeded numpy Generator, exactly as eager UNIX draws it: λ and

@@ -1,7 +1,7 @@
 """Selectors: from a batch (images, labels) and the student to the rows the teacher and student see.
 
-One `Selector` per method: KD, Random+KD and UNIX here (SPEC §2); the Table 5 ablations in
-selection/ablations.py; TL-augmentation in selection/tl.py (SPEC §3). Each owns a seeded numpy Generator
+One `Selector` per method: KD, Random+KD and UNIX here (docs/algorithms.md §2); the Table 5 ablations in
+selection/ablations.py; TL-augmentation in selection/tl.py (docs/algorithms.md §3). Each owns a seeded numpy Generator
 that draws λ, the partner permutation and random subsets on the host, so the tensor math stays pure
 (selection/unix.py) and `state_dict()` resumes the draws exactly. A new method is one small class
 with `@register("name")`; `build_selector` passes it the options its `__init__` names.
@@ -42,7 +42,7 @@ class Selection:
     """The rows to distil on, and what the optional CE, the cost ledger and the analytics need about them.
 
     Main rows `x` get KD (+ optional CE with mixed labels). A method may add an `extra` view that the
-    teacher labels and the student learns by KL only (TL-augmentation, SPEC §3); if the selector already
+    teacher labels and the student learns by KL only (TL-augmentation, docs/algorithms.md §3); if the selector already
     ran the teacher on it (pick), it hands those logits on so the step does not pay twice.
     """
 
@@ -128,7 +128,7 @@ def check_tl_alpha(tl_alpha) -> None:
 
 
 def check_pool(pool) -> None:
-    """Mixed views per image in the pick pool: an int >= 2 (SPEC §3)."""
+    """Mixed views per image in the pick pool: an int >= 2 (docs/algorithms.md §3)."""
     if isinstance(pool, bool) or not isinstance(pool, numbers.Integral) or pool < 2:
         raise ValueError(f"selection.pool={pool!r} must be an int >= 2 (mixed views per image)")
 
@@ -171,7 +171,7 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-# ---- the scoring forward (SPEC §2 step 1) ----
+# ---- the scoring forward (docs/algorithms.md §2 step 1) ----
 
 
 def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor:
@@ -283,7 +283,7 @@ class RandomSelector(Selector):
 
 @register("unix")
 class UnixSelector(Selector):
-    """UNIX (SPEC §2 steps 1-8): score all N, sort by uncertainty, mix with a random partner, keep k."""
+    """UNIX (docs/algorithms.md §2 steps 1-8): score all N, sort by uncertainty, mix with a random partner, keep k."""
 
     scores_batch = True
 

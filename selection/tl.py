@@ -1,4 +1,4 @@
-"""TL-augmentation (SPEC §3): an extra teacher-labelled mixed view of the batch, and picking from a pool of views.
+"""TL-augmentation (docs/algorithms.md §3): an extra teacher-labelled mixed view of the batch, and picking from a pool of views.
 
 The step trains on the clean batch with (1 − α)·CE + α·KD (α = `tl_alpha`, 0.9) and on the extra view x'
 with α·KL only: the teacher labels x', no mixed hard labels. This follows the authors' code, where the

@@ -1,4 +1,4 @@
-"""Per-image uncertainty of the student's prediction (SPEC §2 step 2): higher = more uncertain."""
+"""Per-image uncertainty of the student's prediction (docs/algorithms.md §2 step 2): higher = more uncertain."""
 
 from __future__ import annotations
 

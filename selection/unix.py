@@ -1,4 +1,4 @@
-"""The pure UNIX core (SPEC §2 steps 2-8): uncertainty sort, correction factor, mix, keep top k.
+"""The pure UNIX core (docs/algorithms.md §2 steps 2-8): uncertainty sort, correction factor, mix, keep top k.
 
 No RNG inside: λ (`lam`) and the partner permutation (`perm`) are drawn by the caller and passed in.
 No host sync: no `.item()`, no Python branch on a tensor's value, so the same code can be captured
@@ -18,7 +18,7 @@ from .uncertainty import uncertainty
 
 
 def correction_factor(N: int, *, w: float = 10.0, b: int | None = None, device=None) -> Tensor:
-    """c_r = sigmoid(w * (r/N - (2b-1)/(2N))) for sorted position r = 0..N-1 -> float32 [N] (SPEC §2 step 6).
+    """c_r = sigmoid(w * (r/N - (2b-1)/(2N))) for sorted position r = 0..N-1 -> float32 [N] (docs/algorithms.md §2 step 6).
 
     The authors' code; the paper writes it loosely as sigmoid(w * (rank - b) / N). b=None means N // 2.
     Exactly b entries are < 0.5 (the b most uncertain images are mixed least). w=1: near-linear,
@@ -49,7 +49,7 @@ class UnixMix:
 
 
 def mix(x: Tensor, base: Tensor, partner: Tensor, m: Tensor) -> Tensor:
-    """x_mix[r] = (1 - m_r) * x[base[r]] + m_r * x[partner[r]] (SPEC §2 step 7), any float dtype of x, any rank.
+    """x_mix[r] = (1 - m_r) * x[base[r]] + m_r * x[partner[r]] (docs/algorithms.md §2 step 7), any float dtype of x, any rank.
 
     The blend is computed in float32 and cast back to x.dtype (one rounding for bf16/fp16 inputs).
     """
@@ -71,7 +71,7 @@ def unix_mix(
     b: int | None = None,
     criterion: str = "entropy",
 ) -> UnixMix:
-    """UNIX selection for one batch, SPEC §2 steps 2-8 (the scoring forward, step 1, gave `logits`).
+    """UNIX selection for one batch, docs/algorithms.md §2 steps 2-8 (the scoring forward, step 1, gave `logits`).
 
     x [N, ...] float images, logits [N, classes] from the student on x, perm [N] LongTensor of partner
     rows (a permutation of the ORIGINAL batch), lam ~ Beta(α, α) as a float or 0-d tensor (may live on

@@ -2,7 +2,7 @@
 
 FLOPs are counted here directly with torch's FlopCounterMode (one eval forward of one 32×32 image), not with
 training.cost. Published numbers: F_t/F_s from the UNIX paper's tables (and the authors' README), parameter
-counts from the TL paper's appendix table (as quoted in the issue).
+counts from the TL paper's appendix table.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_resnet_parameters_match_a_hand_count(name, depth, stem, widths):
     assert params(name) == resnet_d_params(depth, stem, widths)
 
 
-# Recorded from the code before the backbones followed timm's model conventions (issue 16): per model, the number
+# Recorded from the code before the backbones followed timm's model conventions: per model, the number
 # of state_dict entries, of parameters, the forward FLOPs at 32 px and a digest of the state_dict's names, shapes
 # and dtypes. Saved checkpoints load only while the names and shapes stay; the papers' numbers only while the
 # parameters and FLOPs do. A change here is a change of the architecture, never a refactor.

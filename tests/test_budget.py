@@ -1,4 +1,4 @@
-"""training.budget: the k chosen for a budget, checked against the SPEC §1 energy sums written out here."""
+"""training.budget: the k chosen for a budget, checked against the docs/algorithms.md §1 energy sums written out here."""
 
 import inspect
 
@@ -30,7 +30,7 @@ def test_chosen_k_is_within_one_image_of_the_budget(Ft, Fs, Bs, N, scores):
 
 
 def test_the_published_table():
-    # SPEC §1: F_t/F_s = 38.17, N = 64: k = 48 costs 77.49 %, k = 40 costs 64.99 %
+    # docs/algorithms.md §1: F_t/F_s = 38.17, N = 64: k = 48 costs 77.49 %, k = 40 costs 64.99 %
     assert k_for_budget(0.7749, N=64, Ft=38.17, Fs=1.0, Bs=1.0, scores_batch=True) == 48
     assert k_for_budget(0.65, N=64, Ft=38.17, Fs=1.0, Bs=1.0, scores_batch=True) == 40
     assert k_for_budget(0.7748, N=64, Ft=38.17, Fs=1.0, Bs=1.0, scores_batch=True) == 47  # just below: one fewer

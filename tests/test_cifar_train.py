@@ -127,7 +127,7 @@ def test_a_cifar_pair_trains_a_few_steps(tmp_path, cifar_root, tiny_teacher, loa
     assert [r["step"] for r in steps] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     assert summary["val_images"] == TEST_IMAGES and 0 <= summary["top1"] <= summary["top5"] <= 100
     assert summary["teacher_images"] == 3 * K and summary["student_fwd_images"] == 3 * (N + K)
-    F = flops("cifar_resnet8")  # F_t = F_s here: UNIX costs k/N + 1/3 of KD (SPEC §1)
+    F = flops("cifar_resnet8")  # F_t = F_s here: UNIX costs k/N + 1/3 of KD (docs/algorithms.md §1)
     assert summary["Ft"] == summary["Fs"] == F
     assert summary["cost_fraction"] == pytest.approx(K / N + 1 / 3, rel=1e-9)
 

@@ -1,4 +1,4 @@
-"""training.cost: the SPEC §1 cost model against the published table, hand FLOP formulas (forward and the
+"""training.cost: the docs/algorithms.md §1 cost model against the published table, hand FLOP formulas (forward and the
 grouped-convolution backward fix) and torchvision's own per-model operation counts; `launch.py cost`."""
 
 import json
@@ -68,7 +68,7 @@ def test_resnet18_to_shufflenet_at_imagenet_scale():
     assert Fs == pytest.approx(
         2 * torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9, rel=0.05
     )
-    assert abs(100 * unix_cost_ratio(Ft / Fs, 256, 192) - 77.2) < 0.1  # SPEC §1 / the paper's 77.23 %
+    assert abs(100 * unix_cost_ratio(Ft / Fs, 256, 192) - 77.2) < 0.1  # docs/algorithms.md §1 / the paper's 77.23 %
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_session.sh, the one prepared call of a GPU session (issue 15), run here in its smoke mode: the
+"""benchmarks/gpu_session.sh, the one prepared call of a GPU session, run here in its smoke mode: the
 same steps on a CPU at toy size. Checks what comes back from the device tool: at most 8 files, JSON that parses,
 every step's exit status recorded, a summary whose tail says how it went; and that a failed step is recorded
 and the next one still runs."""

@@ -83,7 +83,7 @@ def rows(calls, grad=None):
     return sum(n for n, g in calls if grad is None or g == grad)
 
 
-EXPECTED = {  # (teacher images, student forward images, student backward images) per step, SPEC §1 and §3
+EXPECTED = {  # (teacher images, student forward images, student backward images) per step, docs/algorithms.md §1 and §3
     "kd": (N, N, N),
     "random": (K, K, K),
     "mixup": (K, K, K),

@@ -1,4 +1,4 @@
-"""No hidden host-device syncs in the training step (issue #7): between two log boundaries the host only queues work.
+"""No hidden host-device syncs in the training step: between two log boundaries the host only queues work.
 
 On a GPU, `torch.cuda.set_sync_debug_mode("error")` raises at any synchronizing CUDA call: that is the real test.
 Off a GPU, `HostReads` stands in for it, so that a new `.item()` fails on every machine: a TorchDispatchMode that

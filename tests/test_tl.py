@@ -1,4 +1,4 @@
-"""selection.tl (SPEC §3): CutMix boxes, derangements, the TL views, pick, and what each TL selector hands on."""
+"""selection.tl (docs/algorithms.md §3): CutMix boxes, derangements, the TL views, pick, and what each TL selector hands on."""
 
 import math
 

@@ -92,7 +92,9 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
     assert "teacher_top1" in final
 
     Ft, Fs = per_image_forward_flops("test_resnet"), per_image_forward_flops("tv/shufflenet_v2_x0_5")
-    expected = {"kd": 1.0, "random": K / N, "unix": K / N + Fs / (Ft + 2 * Fs)}[method]  # SPEC §1, B_s = F_s
+    expected = {"kd": 1.0, "random": K / N, "unix": K / N + Fs / (Ft + 2 * Fs)}[
+        method
+    ]  # docs/algorithms.md §1, B_s = F_s
     assert final["cost_fraction"] == pytest.approx(expected, rel=1e-9)
     k = N if method == "kd" else K
     assert final["teacher_images"] == 4 * k
@@ -102,7 +104,7 @@ def test_train_writes_metrics_and_cost_fraction_matches_formula(tmp_path, digits
 
     # the measured convention: B_s counted (training.cost.backward_flops, checked on single layers in test_cost)
     Bs = backward_flops(create_model("tv/shufflenet_v2_x0_5", 10), 32)
-    unix_measured = K / N + Fs / (Ft + Fs + Bs)  # SPEC §1 with the counted B_s
+    unix_measured = K / N + Fs / (Ft + Fs + Bs)  # docs/algorithms.md §1 with the counted B_s
     assert final["cost_fraction_measured"] == pytest.approx(
         {"kd": 1.0, "random": K / N, "unix": unix_measured}[method], rel=1e-9
     )
@@ -216,7 +218,7 @@ def test_compare_trains_missing_teacher_then_prints_one_table(tmp_path, digits_r
 
 
 def cost_formula(method, Ft, Fs, k=K, n_pick=N):
-    """SPEC §1/§3 with B_s = F_s: images through teacher, student forward and backward, per KD image."""
+    """docs/algorithms.md §1 and §3 with B_s = F_s: images through teacher, student forward and backward, per KD image."""
     teacher, fwd, bwd = {
         "uncertainty": (k, N + k, k),
         "nonadaptive": (k, N + k, k),

@@ -31,7 +31,7 @@ def ref_uncertainty(logits, criterion):
 
 
 def ref_unix_mix(x, logits, k, lam, perm, w=10.0, b=None, criterion="entropy"):
-    """Straightforward SPEC §2 steps 2-8 in float64: row loops, math.exp for the sigmoid."""
+    """Straightforward docs/algorithms.md §2 steps 2-8 in float64: row loops, math.exp for the sigmoid."""
     N = x.shape[0]
     b = N // 2 if b is None else b
     u = ref_uncertainty(logits, criterion)
@@ -46,7 +46,7 @@ def ref_unix_mix(x, logits, k, lam, perm, w=10.0, b=None, criterion="entropy"):
     return np.stack(rows), rank[:k], np.array(ms), u
 
 
-# ---- correction factor (SPEC §2 step 6) ----
+# ---- correction factor (docs/algorithms.md §2 step 6) ----
 
 
 def test_correction_factor_hand_values():
@@ -103,7 +103,7 @@ def test_correction_factor_errors(kwargs):
         correction_factor(N, **kwargs)
 
 
-# ---- uncertainty criteria (SPEC §2 step 2) ----
+# ---- uncertainty criteria (docs/algorithms.md §2 step 2) ----
 
 
 def test_uniform_and_one_hot():
@@ -167,7 +167,7 @@ def test_unknown_criterion_one_line():
     assert "\n" not in str(e.value)
 
 
-# ---- unix_mix (SPEC §2 steps 2-8) ----
+# ---- unix_mix (docs/algorithms.md §2 steps 2-8) ----
 
 
 def hand_case():

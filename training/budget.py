@@ -1,4 +1,4 @@
-"""Compute-budget mode: the k that spends a given share of conventional KD's FLOPs (SPEC §1).
+"""Compute-budget mode: the k that spends a given share of conventional KD's FLOPs (docs/algorithms.md §1).
 
 Per step of N images, a method that keeps k rows (and, like UNIX, may run a no-grad student forward on
 all N first) spends, against conventional KD:

@@ -63,7 +63,7 @@ def build_run(cfg: Config, accelerator: Accelerator, num_classes: int, steps_per
         )
         teacher.eval().requires_grad_(False)
 
-    # Cost model, SPEC §1: per-image F_t, F_s, B_s measured once, before the models move.
+    # Cost model, docs/algorithms.md §1: per-image F_t, F_s, B_s measured once, before the models move.
     ledger = CostLedger(*measure_pair(teacher, student, cfg.data.image_size))
 
     features = None

@@ -1,4 +1,4 @@
-"""The cost model (SPEC §1), measured per-image FLOPs, and the ledger of what a run actually spent.
+"""The cost model (docs/algorithms.md §1), measured per-image FLOPs, and the ledger of what a run actually spent.
 
 Per-image FLOPs are counted once with torch's FlopCounterMode at the configured image size (a multiply-add
 counts as 2): F_t (teacher forward), F_s (student forward), B_s (student backward: the parameters' gradients,

@@ -1,4 +1,4 @@
-"""Distillation losses (SPEC §2.10): KD = KL(softmax(t/T) || softmax(s/T))·T², and CE with mixed labels."""
+"""Distillation losses (docs/algorithms.md §2 step 10): KD = KL(softmax(t/T) || softmax(s/T))·T², and CE with mixed labels."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ equally; medians ignore the odd stall.
   nothing fused to time: one line says so and the eager runners are timed once.
 
 Then, on the resident batch, the micro-benchmarks of training/measure/bench_micro.py (the selection against a bare
-student forward, the teacher forward in each mode), and the issue-7 targets computed from all of it
+student forward, the teacher forward in each mode), and the fast-path targets computed from all of it
 (training/measure/targets.py).
 
 Runners never share what the fast path keeps in static buffers: each has its own selector (a graphed one

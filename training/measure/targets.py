@@ -1,4 +1,4 @@
-"""Issue 7's targets, computed from one `bench` result: every number from the same run, side by side.
+"""The fast-path targets, computed from one `bench` result: every number from the same run, side by side.
 
 * P1: UNIX step time / KD step time (synthetic) <= the measured-FLOP ratio + 0.03; per path (fused, eager).
 * P2: fused scoring + selection <= 1.05 x a bare no-grad student forward on N images (bench_micro's `p2`).
@@ -121,7 +121,7 @@ def format_targets(t: dict) -> list[str]:
         return "  ".join(f"{path}: " + ("-" if block[path] is None else show(block[path])) for path in PATHS)
 
     p1, p2, p3, p4 = t["P1"], t["P2"], t["P3"], t["P4"]
-    lines = ["targets (issue 7; from this run):"]
+    lines = ["fast-path targets (from this run):"]
     lines.append(
         f"  P1 UNIX/KD step - FLOP ratio (synthetic) <= +{p1['threshold']}  "
         + paths(
