@@ -146,10 +146,6 @@ class GraphedUnixSelector(UnixSelector):
         new.rng = sel.rng
         return new
 
-    def reset(self) -> None:
-        """Drop the captured graph (e.g. after the student's parameters were replaced, not updated in place)."""
-        self._graph, self._key = None, None
-
     def __repr__(self) -> str:
         return f"GraphedUnixSelector(mode={self.mode!r}, k={self.k!r}, alpha={self.alpha!r}, w={self.w!r})"
 

@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -202,6 +203,27 @@ def score(student: Student, images: Tensor, score_mode: str = "train") -> Tensor
 # ---- selectors ----
 
 SELECTORS: dict[str, type[Selector]] = {}
+
+
+@runtime_checkable
+class SelectsRows(Protocol):
+    """What the training step asks of a selector (every `Selector` below, and `GraphedUnixSelector`).
+
+    `select(images, labels, student)` returns the `Selection` for one batch (a selector with `needs_teacher`
+    is also given `teacher=`); `state_dict`/`load_state_dict` carry its random draws across a resume;
+    `scores_batch` says whether it runs the no-grad scoring forward on all N images (what the cost ledger and
+    the budget charge); `name` is the method it implements.
+    """
+
+    name: str
+    scores_batch: bool
+    needs_teacher: bool
+
+    def select(self, images: Tensor, labels: Tensor | None, student: Student, **kw) -> Selection: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def register(name: str):

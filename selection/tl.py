@@ -55,12 +55,6 @@ def cutmix_box(H: int, W: int, lam: float, cy: int, cx: int) -> tuple[int, int, 
     return y1, y2, x1, x2
 
 
-def kept_area(H: int, W: int, box: tuple[int, int, int, int]) -> float:
-    """λ corrected to the clipped box: the share of each image's pixels that stay its own."""
-    y1, y2, x1, x2 = box
-    return 1.0 - (y2 - y1) * (x2 - x1) / (H * W)
-
-
 def cutmix(x: Tensor, partner: Tensor, box: tuple[int, int, int, int]) -> Tensor:
     """x [N, C, H, W] with the box region of row r replaced by that of row partner[r]; outside it, x as is."""
     y1, y2, x1, x2 = box

@@ -319,3 +319,21 @@ def test_a_new_selector_is_one_small_class():
             build_selector("nope")
     finally:
         SELECTORS.pop("first_rows")
+
+
+def test_every_method_and_the_graphed_twin_satisfy_the_protocol_the_step_types_against():
+    from unixkd.selection import METHODS, GraphedUnixSelector, SelectsRows, build_selector
+
+    for method in METHODS:
+        sel = build_selector(method, k=0.5)
+        assert isinstance(sel, SelectsRows), method
+        assert isinstance(sel.scores_batch, bool) and isinstance(sel.needs_teacher, bool) and sel.name == method
+    twin = GraphedUnixSelector.from_selector(build_selector("unix", k=0.5), mode="static")  # the CPU twin
+    assert isinstance(twin, SelectsRows)
+
+    class NoResume:  # selects, but cannot carry its draws across a resume
+        name, scores_batch, needs_teacher = "x", False, False
+
+        def select(self, images, labels, student): ...
+
+    assert not isinstance(NoResume(), SelectsRows)

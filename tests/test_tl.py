@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from unixkd.selection import LossWeights, build_selector
-from unixkd.selection.tl import cutmix, cutmix_box, derangement, kept_area, mixup, pick, pick_scores
+from unixkd.selection.tl import cutmix, cutmix_box, derangement, mixup, pick, pick_scores
 
 N, C, H, W = 6, 4, 8, 10
 
@@ -51,6 +51,12 @@ def never_called(x):
 )
 def test_cutmix_box_by_hand(lam, cy, cx, want):
     assert cutmix_box(H, W, lam, cy, cx) == want
+
+
+def kept_area(H: int, W: int, box: tuple[int, int, int, int]) -> float:
+    """λ corrected to the clipped box: the share of each image's pixels that stay its own (the test's reference)."""
+    y1, y2, x1, x2 = box
+    return 1.0 - (y2 - y1) * (x2 - x1) / (H * W)
 
 
 def test_cutmix_random_boxes_inside_and_lambda_is_the_kept_area():

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from unixkd.selection import build_selector
 from unixkd.selection.graphed import graphed
-from unixkd.selection.selectors import resolve_k
+from unixkd.selection.selectors import SelectsRows, resolve_k
 
 from . import wallclock
 from .budget import budget_k
@@ -41,7 +41,7 @@ class Run:
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    selector: object
+    selector: SelectsRows  # a Selector, or its CUDA-graph twin (selection/graphed.py)
     ledger: CostLedger
     step: DistillStep
 
@@ -113,7 +113,7 @@ def make_selector(
     ledger: CostLedger | None = None,
     student: torch.nn.Module | None = None,
     k: int | None = None,
-):
+) -> SelectsRows:
     """The selector for `method` with the options of `cfg.selection` (bench builds one per method it times).
 
     Compute-budget mode (`selection.budget`, needs the ledger's per-image FLOPs): k is chosen so the run

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from unixkd.selection import LossWeights
+from unixkd.selection import LossWeights, Selection, SelectsRows
 
 from .features import FeatureDistill, capture, no_capture
 from .guards import NonFiniteError, all_finite
@@ -70,7 +70,7 @@ class DistillStep:
         teacher,
         optimizer,
         scheduler,
-        selector,
+        selector: SelectsRows,
         *,
         temperature: float,
         kd_weight: float,
@@ -93,7 +93,7 @@ class DistillStep:
         self.on_select: Callable | None = None  # called as on_select(labels, sel) (sampling analytics)
 
     # --- the phases ------------------------------------------------------------------------------------
-    def select(self, images: Tensor, labels: Tensor):
+    def select(self, images: Tensor, labels: Tensor) -> Selection:
         """Which rows the teacher sees (UNIX: no-grad scoring forward on all N + sort + mix)."""
         with self.accelerator.autocast():
             if self.selector.needs_teacher:  # pick: the teacher scores the pool
@@ -101,7 +101,7 @@ class DistillStep:
             return self.selector.select(images, labels, self.scorer)
 
     @torch.no_grad()
-    def teacher_forward(self, sel) -> TeacherOut | None:
+    def teacher_forward(self, sel: Selection) -> TeacherOut | None:
         if self.teacher is None:
             return None
         x = sel.x
@@ -113,7 +113,7 @@ class DistillStep:
             logits = torch.cat([logits, sel.extra_teacher_logits.to(logits.dtype)])
         return TeacherOut(logits, list(feats))
 
-    def student_loss(self, sel, t: TeacherOut | Tensor | None) -> Tensor:
+    def student_loss(self, sel: Selection, t: TeacherOut | Tensor | None) -> Tensor:
         if isinstance(t, Tensor):
             t = TeacherOut(t)
         k = sel.x.shape[0]
