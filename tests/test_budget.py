@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unixkd.selection import SELECTORS
-from unixkd.training.budget import backward_flops, budget_k, k_for_budget
+from unixkd.training.budget import backward_per_image, budget_k, k_for_budget
 from unixkd.training.config import BUDGET_METHODS
 
 
@@ -58,10 +58,10 @@ def test_a_budget_the_scoring_pass_alone_eats_is_refused():
 
 
 def test_conventions():
-    assert backward_flops("paper", 3.0) == 3.0
-    assert backward_flops("measured", 3.0, measured_Bs=6.5) == 6.5
+    assert backward_per_image("paper", 3.0) == 3.0
+    assert backward_per_image("measured", 3.0, measured_Bs=6.5) == 6.5
     with pytest.raises(ValueError, match="budget_convention=measured"):
-        backward_flops("measured", 3.0)
+        backward_per_image("measured", 3.0)
     # a measured B_s = 2 F_s makes the scoring pass cheaper relative to KD: more rows for the same budget
     paper = k_for_budget(0.8, N=256, Ft=5.0, Fs=1.0, Bs=1.0, scores_batch=True)
     measured = k_for_budget(0.8, N=256, Ft=5.0, Fs=1.0, Bs=2.0, scores_batch=True)

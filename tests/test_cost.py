@@ -9,15 +9,19 @@ import torchvision
 from torch import nn
 
 from unixkd import launch
-from unixkd.training.cost import (
-    CostLedger,
-    backward_flops,
-    forward_flops,
-    measure_pair,
-    unix_cost_ratio,
-    unix_k_for_budget,
-)
+from unixkd.training.budget import cost_fraction, k_for_budget
+from unixkd.training.cost import CostLedger, backward_flops, forward_flops, measure_pair
 from unixkd.training.models import create_model
+
+
+def unix_cost_ratio(ft_over_fs: float, N: int, k: int, bs_over_fs: float = 1.0) -> float:
+    """UNIX's share of KD from training.budget, the one module with the cost arithmetic, given per-F_s ratios."""
+    return cost_fraction(k, N=N, Ft=ft_over_fs, Fs=1.0, Bs=bs_over_fs, scores_batch=True)
+
+
+def unix_k_for_budget(budget: float, N: int, ft_over_fs: float, bs_over_fs: float = 1.0) -> int:
+    return k_for_budget(budget, N=N, Ft=ft_over_fs, Fs=1.0, Bs=bs_over_fs, scores_batch=True, method="unix")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # the paper's convention (B_s = F_s)
@@ -145,7 +149,7 @@ def test_k_for_budget():
         k = unix_k_for_budget(budget, 256, 44.8, bs_over_fs=1.8)
         assert unix_cost_ratio(44.8, 256, k, 1.8) <= budget + 1e-12
         assert k == 256 or unix_cost_ratio(44.8, 256, k + 1, 1.8) > budget
-    with pytest.raises(ValueError, match="no k"):
+    with pytest.raises(ValueError, match="at or below what unix's scoring pass alone costs"):
         unix_k_for_budget(0.02, 64, 38.17)  # below the scoring forward's own cost
 
 
@@ -240,3 +244,7 @@ def test_cost_command_builds_the_models(capsys):
     assert (r["Ft"], r["Fs"], r["Bs"]) == (Ft, Fs, Bs) and r["ft_over_fs"] == pytest.approx(Ft / Fs)
     assert r["ratio_unix"] == pytest.approx(24 / 32 + Fs / (Ft + Fs + Bs), rel=1e-12)
     assert launch.main(["cost", "--ft-over-fs", "38.17", "--convention", "measured"]) == 2  # needs --bs-over-fs
+    assert (
+        launch.main(["cost", "--ft-over-fs", "38.17", "--convention", "meassured"]) == 2
+    )  # a typo: one line, no traceback
+    assert launch.main(["cost", "--ft-over-fs", "38.17", "--budget", "0.02"]) == 2  # below the scoring pass alone

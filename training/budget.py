@@ -1,4 +1,8 @@
-"""Compute-budget mode: the k that spends a given share of conventional KD's FLOPs (docs/algorithms.md §1).
+"""The cost model's arithmetic, in one place: each method's cost as a share of KD's, the FLOP conventions, and the
+k that spends a given share of conventional KD's FLOPs (compute-budget mode; docs/algorithms.md §1).
+
+training/cost.py counts the per-image FLOPs and keeps the ledger; the `cost` command, the budget mode, the
+wall-clock calibration and `profile` compute fractions and k here.
 
 Per step of N images, a method that keeps k rows (and, like UNIX, may run a no-grad student forward on
 all N first) spends, against conventional KD:
@@ -22,8 +26,14 @@ from .errors import UserError
 CONVENTIONS = ("paper", "measured")
 
 
-def backward_flops(convention: str, Fs: float, measured_Bs: float | None = None) -> float:
+def check_convention(convention: str, key: str = "selection.budget_convention") -> None:
+    if convention not in CONVENTIONS:
+        raise UserError(f"{key}={convention!r} is not one of {', '.join(CONVENTIONS)}")
+
+
+def backward_per_image(convention: str, Fs: float, measured_Bs: float | None = None) -> float:
     """B_s under `convention`: F_s for `paper`; the measured value for `measured` (refused if there is none)."""
+    check_convention(convention)
     if convention == "paper":
         return Fs
     if convention == "measured":
@@ -33,7 +43,6 @@ def backward_flops(convention: str, Fs: float, measured_Bs: float | None = None)
                 "but none was given; use selection.budget_convention=paper"
             )
         return float(measured_Bs)
-    raise UserError(f"selection.budget_convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
 
 
 def scoring_share(*, Ft: float, Fs: float, Bs: float, scores_batch: bool) -> float:
@@ -47,22 +56,31 @@ def cost_fraction(k: int, *, N: int, Ft: float, Fs: float, Bs: float, scores_bat
 
 
 def k_for_budget(
-    budget: float, *, N: int, Ft: float, Fs: float, Bs: float, scores_batch: bool, method: str = "this method"
+    budget: float,
+    *,
+    N: int,
+    Ft: float,
+    Fs: float,
+    Bs: float,
+    scores_batch: bool,
+    method: str = "this method",
+    key: str = "selection.budget",
 ) -> int:
-    """The largest k in [1, N] whose cost is at most `budget` of KD's; one-line ValueError if none is."""
+    """The largest k in [1, N] whose cost is at most `budget` of KD's; one-line UserError (naming `key`) if none is.
+    Only the ratios of Ft, Fs and Bs matter: the `cost` command passes F_t/F_s, 1 and B_s/F_s."""
     if not budget > 0:
-        raise UserError(f"selection.budget={budget!r} must be > 0 (a share of conventional KD's FLOPs)")
+        raise UserError(f"{key}={budget!r} must be > 0 (a share of conventional KD's FLOPs)")
     sigma = scoring_share(Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores_batch)
     if budget <= sigma:
         raise UserError(
-            f"selection.budget={budget:g} is at or below what {method}'s scoring pass alone costs "
+            f"{key}={budget:g} is at or below what {method}'s scoring pass alone costs "
             f"({sigma:.4f} of KD); the smallest budget that leaves one image of N={N} for the "
             f"teacher is {sigma + 1 / N:.4f}"
         )
     k = math.floor(N * (budget - sigma) + 1e-9)  # the epsilon absorbs float error in an exact product
     if k < 1:
         raise UserError(
-            f"selection.budget={budget:g} leaves no image of N={N} for the teacher after {method}'s "
+            f"{key}={budget:g} leaves no image of N={N} for the teacher after {method}'s "
             f"scoring pass ({sigma:.4f} of KD); the smallest budget here is {sigma + 1 / N:.4f}"
         )
     return min(k, N)
@@ -89,6 +107,6 @@ def budget_k(
     from unixkd.selection import SELECTORS
 
     scores = SELECTORS[method].scores_batch
-    Bs = backward_flops(convention, Fs, measured_Bs)
+    Bs = backward_per_image(convention, Fs, measured_Bs)
     k = k_for_budget(budget, N=N, Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores, method=method)
     return k, describe(budget, k, N=N, Ft=Ft, Fs=Fs, Bs=Bs, scores_batch=scores, convention=convention)

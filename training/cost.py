@@ -8,7 +8,8 @@ and the activations' gradients wherever they are needed, as in a training step).
     Random: E_rand = k·(F_t + F_s + B_s)
     UNIX:   E_unix = k·F_t + (N + k)·F_s + k·B_s      (the extra no-grad scoring forward on all N)
 
-Two conventions everywhere: `paper` counts a backward as one forward (B_s := F_s), which reproduces the
+The arithmetic on these sums (each method's fraction of KD, the conventions, the k for a budget) lives in
+training/budget.py. Two conventions everywhere: `paper` counts a backward as one forward (B_s := F_s), which reproduces the
 published percentages; `measured` uses the counted B_s (about 2·F_s; a little less, because the stem
 convolution needs no input gradient).
 
@@ -27,10 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from .errors import UserError
-
-CONVENTIONS = ("paper", "measured")
-
+from .budget import backward_per_image
 
 # ---------------------------------------------------------------------------------------------------------
 # counting
@@ -125,45 +123,6 @@ def measure_pair(teacher: nn.Module | None, student: nn.Module, image_size: int,
     return PerImage(Ft, forward_flops(student, image_size, in_chans), backward_flops(student, image_size, in_chans))
 
 
-def check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention={convention!r} is not one of {', '.join(CONVENTIONS)}")
-
-
-def student_backward(Fs: float, Bs: float, convention: str) -> float:
-    """B_s under a convention: `paper` counts the backward as one forward."""
-    check_convention(convention)
-    return Fs if convention == "paper" else Bs
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the formulas, as fractions of KD (they depend on F_t, F_s, B_s only through their ratios)
-
-
-def unix_cost_ratio(ft_over_fs: float, N: int, k: int, bs_over_fs: float = 1.0) -> float:
-    """E_unix / E_kd = k/N + F_s/(F_t + F_s + B_s); bs_over_fs = 1 is the paper's k/N + F_s/(F_t + 2·F_s)."""
-    return k / N + 1.0 / (ft_over_fs + 1.0 + bs_over_fs)
-
-
-def random_cost_ratio(N: int, k: int) -> float:
-    """E_rand / E_kd = k/N, whatever the per-image costs."""
-    return k / N
-
-
-def unix_k_for_budget(budget: float, N: int, ft_over_fs: float, bs_over_fs: float = 1.0) -> int:
-    """The largest k whose UNIX step costs at most `budget` of KD's; a ValueError line if none does."""
-    if not budget > 0:
-        raise UserError(f"budget={budget!r} must be a fraction of KD's cost > 0")
-    overhead = 1.0 / (ft_over_fs + 1.0 + bs_over_fs)  # the scoring forward on all N
-    k = min(N, math.floor(N * (budget - overhead) + 1e-9))
-    if k < 1:
-        raise UserError(
-            f"budget={budget}: UNIX's scoring forward alone costs {overhead:.4f} of KD, and one "
-            f"teacher image {1 / N:.4f} more; no k in [1, {N}] fits"
-        )
-    return k
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the ledger
 
@@ -194,7 +153,7 @@ class CostLedger:
     def backward(self, convention: str = "paper") -> float:
         if convention == "measured" and self.Bs is None:
             raise ValueError("convention='measured' needs the ledger's measured Bs (CostLedger(Bs=...))")
-        return student_backward(self.Fs, self.Bs, convention)
+        return backward_per_image(convention, self.Fs, self.Bs)
 
     def flops(self, convention: str = "paper") -> float:
         """What the run spent: teacher forwards + student forwards (scoring included) + student backwards."""

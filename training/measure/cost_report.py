@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..cost import check_convention, measure_pair, random_cost_ratio, unix_cost_ratio, unix_k_for_budget
+from ..budget import check_convention, cost_fraction, k_for_budget
+from ..cost import measure_pair
 from ..errors import UserError
 
 
@@ -40,7 +41,7 @@ def cost_report(
 
     `Bs` is the student backward under the chosen convention (paper: = F_s); `Bs_measured` the counted one.
     """
-    check_convention(convention)
+    check_convention(convention, key="--convention")
     if N < 1:
         raise UserError(f"--batch-size {N} must be >= 1")
     kk = parse_k(str(k), N)
@@ -60,6 +61,11 @@ def cost_report(
             raise UserError("--convention measured with --ft-over-fs needs --bs-over-fs (B_s/F_s, about 2)")
         ratio, bs_ratio_measured = ft_over_fs, bs_over_fs
     bs_ratio = 1.0 if convention == "paper" else bs_ratio_measured
+    per = {"N": N, "Ft": ratio, "Fs": 1.0, "Bs": bs_ratio}  # only the ratios matter: per F_s
+
+    def fraction(k: int, scores_batch: bool) -> float:
+        return cost_fraction(k, scores_batch=scores_batch, **per)
+
     report = {
         "teacher": teacher if ft_over_fs is None else None,
         "student": student if ft_over_fs is None else None,
@@ -75,14 +81,15 @@ def cost_report(
         "ft_over_fs": ratio,
         "bs_over_fs": bs_ratio,
         "ratio_kd": 1.0,
-        "ratio_random": random_cost_ratio(N, kk),
-        "ratio_unix": unix_cost_ratio(ratio, N, kk, bs_over_fs=bs_ratio),
+        "ratio_random": fraction(kk, scores_batch=False),
+        "ratio_unix": fraction(kk, scores_batch=True),
     }
     if budget is not None:
         report["budget"] = budget
-        report["k_unix_for_budget"] = unix_k_for_budget(budget, N, ratio, bs_over_fs=bs_ratio)
-        report["ratio_unix_at_budget_k"] = unix_cost_ratio(ratio, N, report["k_unix_for_budget"], bs_over_fs=bs_ratio)
-        report["k_random_for_budget"] = min(N, int(budget * N + 1e-9))
+        k_unix = k_for_budget(budget, scores_batch=True, method="UNIX", key="--budget", **per)
+        report["k_unix_for_budget"] = k_unix
+        report["ratio_unix_at_budget_k"] = fraction(k_unix, scores_batch=True)
+        report["k_random_for_budget"] = k_for_budget(budget, scores_batch=False, method="Random", key="--budget", **per)
     return report
 
 
