@@ -95,6 +95,31 @@ VAL_CROP_MODES = ("center", "squash")  # timm's eval crop modes that the val gra
 IMAGENET_LARGEST = (5980, 6430)
 
 
+def _check_recipe_args(
+    val_resize_ratio: float, val_interpolation: str, val_crop_mode: str, pad: int | None, hw_decoder_load: float
+) -> None:
+    """DaliLoader's augmentation and decoder options, checked before DALI is needed."""
+    if not 0.0 < val_resize_ratio <= 1.0:
+        raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
+    if val_interpolation not in INTERPOLATIONS:
+        raise ValueError(f"val_interpolation must be one of {', '.join(INTERPOLATIONS)}, got {val_interpolation!r}")
+    if val_crop_mode not in VAL_CROP_MODES:
+        raise ValueError(f"val_crop_mode must be one of {', '.join(VAL_CROP_MODES)}, got {val_crop_mode!r}")
+    if pad is not None and pad < 0:
+        raise ValueError(f"pad must be >= 0 or None, got {pad}")
+    if not 0.0 <= hw_decoder_load <= 1.0:
+        raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
+
+
+def _check_train_size(train: bool, n_files: int, batch_size: int, num_shards: int) -> None:
+    """A train loader needs at least one full batch per rank (train drops the last partial batch)."""
+    if train and train_batches_per_rank(n_files, batch_size, num_shards) == 0:
+        raise DataError(
+            f"train set too small: {n_files} images over {num_shards} shard(s) "
+            f"give no full batch of {batch_size}; lower the batch size"
+        )
+
+
 class DaliLoader:
     """Batches of normalized NCHW images (float32 or float16, optionally channels_last) and int64 labels from a
     FolderIndex, for one rank."""
@@ -129,37 +154,18 @@ class DaliLoader:
         channels_last: bool = False,  # yielded images NHWC in memory (logically still [B, 3, S, S])
     ):
         _check_args(len(index.files), batch_size, image_size, num_shards, shard_id, seed, num_threads, prefetch)
-        if not 0.0 < val_resize_ratio <= 1.0:
-            raise ValueError(f"val_resize_ratio must be in (0, 1], got {val_resize_ratio}")
-        if val_interpolation not in INTERPOLATIONS:
-            raise ValueError(f"val_interpolation must be one of {', '.join(INTERPOLATIONS)}, got {val_interpolation!r}")
-        if val_crop_mode not in VAL_CROP_MODES:
-            raise ValueError(f"val_crop_mode must be one of {', '.join(VAL_CROP_MODES)}, got {val_crop_mode!r}")
-        if pad is not None and pad < 0:
-            raise ValueError(f"pad must be >= 0 or None, got {pad}")
-        if not 0.0 <= hw_decoder_load <= 1.0:
-            raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
+        _check_recipe_args(val_resize_ratio, val_interpolation, val_crop_mode, pad, hw_decoder_load)
         self.dtype = dtype_name(dtype)
         self.channels_last = bool(channels_last)
         self.gpu = _use_gpu(device)  # checks the device string and CUDA before DALI is needed
         require_dali("DaliLoader")
-        if train and train_batches_per_rank(len(index.files), batch_size, num_shards) == 0:
-            raise DataError(
-                f"train set too small: {len(index.files)} images over {num_shards} shard(s) "
-                f"give no full batch of {batch_size}; lower the batch size"
-            )
-        self.index = index
-        self.train = train
-        self.batch_size = batch_size
-        self.num_shards = num_shards
-        self.shard_id = shard_id
-        self.seed = seed
+        _check_train_size(train, len(index.files), batch_size, num_shards)
+        self.index, self.train, self.batch_size = index, train, batch_size
+        self.num_shards, self.shard_id, self.seed = num_shards, shard_id, seed
         self.device_id = (device_id if device_id is not None else torch.cuda.current_device()) if self.gpu else None
         self.target_device = torch.device(target_device)
-        self.num_threads = num_threads
-        self.hw_decoder_load = hw_decoder_load
+        self.num_threads, self.hw_decoder_load, self.prefetch = num_threads, hw_decoder_load, prefetch
         self.preallocate_hint = tuple(preallocate_hint) if preallocate_hint is not None else None
-        self.prefetch = prefetch
         self.recipe = Recipe(
             train=train,
             image_size=image_size,

@@ -126,47 +126,15 @@ def build_pipeline(
         enable_checkpointing=True,  # reader position + RNG states can be saved; no cost per DALI's docs
         checkpoint=checkpoint,  # restore a saved state: the outputs continue exactly where they stopped
     )
-    decoder_device, op_device = ("mixed", "gpu") if gpu else ("cpu", "cpu")
-    # RGB: grayscale becomes 3 channels. adjust_orientation off: PIL (torchvision's loader, timm's) ignores EXIF.
-    decoder_args = {"device": decoder_device, "output_type": types.RGB, "adjust_orientation": False}
-    if gpu:
-        decoder_args["hw_decoder_load"] = hw_decoder_load
-        decoder_args["jpeg_fancy_upsampling"] = True  # nvJPEG upsamples chroma as libjpeg-turbo (CPU, PIL) does
-        if preallocate_hint is not None:
-            decoder_args["preallocate_width_hint"], decoder_args["preallocate_height_hint"] = preallocate_hint
-    size = recipe.image_size
+    op_device = "gpu" if gpu else "cpu"
+    decoder_args = _decoder_args(gpu, hw_decoder_load, preallocate_hint)
 
     with pipe:
         jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="Reader")
         if recipe.pad is not None:
-            images = fn.decoders.image(jpegs, **decoder_args)
-            mirror = 0
-            crop = (size, size)  # val: centered
-            if recipe.train:  # anchor relative to the image: -pad..pad in rows and columns
-                anchor = fn.random.uniform(
-                    values=list(range(-recipe.pad, recipe.pad + 1)), shape=[2], dtype=types.INT32
-                )
-                images = fn.slice(
-                    images,
-                    start=anchor,
-                    shape=[size, size],
-                    axes=[0, 1],
-                    out_of_bounds_policy="pad",
-                    fill_values=0,
-                    device=op_device,
-                )
-                mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
-                crop = None
+            images, mirror, crop = _pad_and_shift(jpegs, decoder_args, recipe, op_device)
         elif recipe.train:
-            images = fn.decoders.image_random_crop(
-                jpegs,
-                random_area=list(recipe.crop_scale),
-                random_aspect_ratio=list(recipe.crop_ratio),
-                **decoder_args,
-            )
-            images = fn.resize(images, device=op_device, resize_x=size, resize_y=size)
-            mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
-            crop = None  # already S×S
+            images, mirror, crop = _random_resized_crop(jpegs, decoder_args, recipe, op_device)
         else:
             images = _val_resize_and_crop(jpegs, fn.decoders.image(jpegs, **decoder_args), recipe, op_device)
             mirror = 0
@@ -185,6 +153,58 @@ def build_pipeline(
             label = label.gpu()
         pipe.set_outputs(images, label)
     return pipe
+
+
+def _decoder_args(gpu: bool, hw_decoder_load: float, preallocate_hint: tuple[int, int] | None) -> dict:
+    """The image decoder's arguments: mixed (nvJPEG) on the GPU, else the CPU decoder."""
+    decoder_device = "mixed" if gpu else "cpu"
+    # RGB: grayscale becomes 3 channels. adjust_orientation off: PIL (torchvision's loader, timm's) ignores EXIF.
+    decoder_args = {"device": decoder_device, "output_type": types.RGB, "adjust_orientation": False}
+    if gpu:
+        decoder_args["hw_decoder_load"] = hw_decoder_load
+        decoder_args["jpeg_fancy_upsampling"] = True  # nvJPEG upsamples chroma as libjpeg-turbo (CPU, PIL) does
+        if preallocate_hint is not None:
+            decoder_args["preallocate_width_hint"], decoder_args["preallocate_height_hint"] = preallocate_hint
+    return decoder_args
+
+
+def _pad_and_shift(jpegs, decoder_args: dict, recipe: Recipe, op_device: str):
+    """recipe.pad set: decode; train shifts the image by -pad..pad (zero fill) and may flip it, val crops the
+    centre. Returns (images, mirror, crop) for crop_mirror_normalize."""
+    size = recipe.image_size
+    images = fn.decoders.image(jpegs, **decoder_args)
+    mirror = 0
+    crop = (size, size)  # val: centered
+    if recipe.train:  # anchor relative to the image: -pad..pad in rows and columns
+        anchor = fn.random.uniform(values=list(range(-recipe.pad, recipe.pad + 1)), shape=[2], dtype=types.INT32)
+        images = fn.slice(
+            images,
+            start=anchor,
+            shape=[size, size],
+            axes=[0, 1],
+            out_of_bounds_policy="pad",
+            fill_values=0,
+            device=op_device,
+        )
+        mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
+        crop = None
+    return images, mirror, crop
+
+
+def _random_resized_crop(jpegs, decoder_args: dict, recipe: Recipe, op_device: str):
+    """Train without pad: a random area and aspect crop fused into the decode, resized to S×S, maybe flipped.
+    Returns (images, mirror, crop) for crop_mirror_normalize."""
+    size = recipe.image_size
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        random_area=list(recipe.crop_scale),
+        random_aspect_ratio=list(recipe.crop_ratio),
+        **decoder_args,
+    )
+    images = fn.resize(images, device=op_device, resize_x=size, resize_y=size)
+    mirror = fn.random.coin_flip(probability=0.5) if recipe.hflip else 0
+    crop = None  # already S×S
+    return images, mirror, crop
 
 
 def _val_resize_and_crop(jpegs, images, recipe: Recipe, op_device: str):

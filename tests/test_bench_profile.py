@@ -233,8 +233,8 @@ def synthetic_args(tmp_path, teacher_ckpt, *extra) -> list[str]:
 @pytest.fixture
 def static_twins(monkeypatch):
     """The run resolves its fast path to the CPU twins: UNIX selection and teacher forward over static buffers."""
-    monkeypatch.setattr(training.trainer, "selection_graph_mode", lambda cfg, device: "static")
-    monkeypatch.setattr(training.trainer, "teacher_mode", lambda cfg, device, has_features: "static")
+    monkeypatch.setattr("unixkd.training.build.selection_graph_mode", lambda cfg, device: "static")
+    monkeypatch.setattr("unixkd.training.build.teacher_mode", lambda cfg, device, has_features: "static")
 
 
 def test_bench_fast_path_both_on_cpu_times_the_eager_runners_once(tmp_path, teacher_ckpt, capsys):

@@ -83,232 +83,296 @@ def train(cfg: Config, accelerator: Accelerator | None = None) -> dict:
 
 
 def _train(cfg: Config, accelerator: Accelerator, out: Path, record: dict) -> dict:
-    main = accelerator.is_main_process
     set_seed(cfg.seed)  # identical model init on every process
+    loop = _Loop(cfg, accelerator, out)  # data, student, teacher, selector, cost ledger, sampling log
+    loop.resume_or_calibrate()  # the checkpoint's position, or a fresh start; k from a wall-clock calibration
+    loop.claim_folder(record)  # every check passed: from here on the folder describes this run
+    return loop.train()  # the epochs, then the end: final checkpoint, weights, evaluation
 
-    data = build_data(cfg, accelerator)
-    steps_per_epoch = len(data.train)
-    num_classes = cfg.model.num_classes or len(data.classes)
-    run = build_run(cfg, accelerator, num_classes, steps_per_epoch)
-    student, scheduler, selector, ledger, step_fn = run.student, run.scheduler, run.selector, run.ledger, run.step
-    C = len(data.classes)
-    sampling = SamplingLog(
-        out, data.classes, accelerator.device, write=main, loader=data.train, count_images=cfg.train.count_images
-    )
-    step_fn.on_select = sampling.observe  # which classes (and images) each step trains on
 
-    fingerprint = {
-        "world_size": accelerator.num_processes,
-        "batch_size": cfg.data.batch_size,
-        "seed": cfg.seed,
-        "method": cfg.selection.method,
-        "student": cfg.model.student,
-        **data_identity(data),
-        **optimizer_identity(cfg),
-    }
-    resume_from = on_main(accelerator, lambda: _check_resume(cfg, out, accelerator.unwrap_model(student), fingerprint))
-    step, epoch, start_batch, data_state, train_s = 0, 0, 0, None, 0.0
-    state = ckpt.load_trainer_state(resume_from, accelerator.process_index) if resume_from is not None else None
-    calibration = None
-    if wallclock.enabled(cfg):  # k from the checkpoint's calibration, or measured now on this run's own step
-        saved = None if state is None else state.get("wallclock")
-        if state is not None and saved is None and not cfg.resume_force:
-            raise UserError(
-                f"resume={cfg.resume}: {resume_from} was saved by a run without a wall-clock calibration, this "
-                "run asks for selection.budget_convention=wallclock; resume_force=true calibrates now"
-            )
-        calibration = wallclock.for_run(cfg, accelerator, run, num_classes, saved)
-        selector = make_selector(cfg, accelerator, cfg.selection.method, ledger, student, k=calibration.k)
-        run.selector = step_fn.selector = selector
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        selector.load_state_dict(state["selector"])
-        ledger.load_state_dict(state["ledger"])
-        sampling.load_state_dict(state.get("sampling"))
-        step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
-        train_s = state.get("train_s", 0.0)  # time in training steps so far (evaluations and saves left out)
-        data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
-    if main:  # every check passed: from here on the folder describes this run
-        aside, names = ckpt.set_aside_after(out, step) if resume_from is not None else (None, [])
-        if aside is not None:
-            print(
-                f"checkpoints after step {step} ({', '.join(names)}) moved to {aside}: this run continues from "
-                f"step {step}; remove that folder when you no longer need it"
-            )
-        dropped = run_dir.truncate_metrics(out, step)
-        save_config(cfg, out / run_dir.CONFIG)
-        if calibration is not None:
-            atomic_write_json(out / wallclock.RECORD, calibration.state_dict(), indent=1)
-        run_dir.write_status(out, "running", step=step)
-        record["started"] = True
-        if resume_from is not None:
-            print(
-                f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {start_batch})"
-                + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else "")
-            )
-    on_main(accelerator, lambda: trackers.start(accelerator, cfg, step, resumed=resume_from is not None))
+class _Loop:
+    """One training run's parts and the state its loop updates as it goes.
 
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    log = run_dir.MetricsLog(out / run_dir.METRICS, main, mirror=lambda row: trackers.log(accelerator, row))
-    world = accelerator.num_processes
+    The position (`step`, `epoch`, `start_batch`) and the training-step time `train_s` come from the checkpoint on
+    resume; `t_log`, `steps_since_log`, `paused` and `loss_sum` cover the interval since the last metrics row.
+    """
 
-    def save(batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
-        state = {
-            "step": step,
-            "epoch": epoch_,
-            "batch_in_epoch": batch_in_epoch,
-            "fingerprint": fingerprint,
-            "selector": selector.state_dict(),
-            "ledger": ledger.state_dict(),
-            "data": loader_state,
-            "sampling": sampling.state_dict(),
-            "wallclock": None if calibration is None else calibration.state_dict(),
-            "train_s": train_s + max(0.0, time.perf_counter() - t_log - paused),  # + the steps since the last row
+    def __init__(self, cfg: Config, accelerator: Accelerator, out: Path):
+        self.cfg, self.accelerator, self.out = cfg, accelerator, out
+        self.main = accelerator.is_main_process
+        self.world = accelerator.num_processes
+        self.data = data = build_data(cfg, accelerator)
+        self.steps_per_epoch = len(data.train)
+        self.num_classes = cfg.model.num_classes or len(data.classes)
+        self.run = build_run(cfg, accelerator, self.num_classes, self.steps_per_epoch)
+        self.sampling = SamplingLog(
+            out,
+            data.classes,
+            accelerator.device,
+            write=self.main,
+            loader=data.train,
+            count_images=cfg.train.count_images,
+        )
+        self.run.step.on_select = self.sampling.observe  # which classes (and images) each step trains on
+        self.fingerprint = {
+            "world_size": accelerator.num_processes,
+            "batch_size": cfg.data.batch_size,
+            "seed": cfg.seed,
+            "method": cfg.selection.method,
+            "student": cfg.model.student,
+            **data_identity(data),
+            **optimizer_identity(cfg),
         }
-        return ckpt.save_checkpoint(accelerator, out, step, state, keep=cfg.train.keep_checkpoints)
+        self.step, self.epoch, self.start_batch, self.data_state, self.train_s = 0, 0, 0, None, 0.0
+        self.resume_from: Path | None = None
+        self.calibration = None
+        total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
 
-    def cost_fields() -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
-        fields = {**ledger.metrics(), "world_size": world, "train_s": train_s}
-        if calibration is not None:
-            fields["wall_fraction_predicted"] = calibration.predicted_fraction
-        return fields
-
-    @contextmanager
-    def pause():  # an evaluation or a checkpoint save: not training-step time (step_ms, train_s, wall_fraction)
-        nonlocal paused
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            paused += time.perf_counter() - t0
-
-    bar = _progress(total_steps, step, enabled=main and cfg.train.progress)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    t_log, steps_since_log, paused = time.perf_counter(), 0, 0.0
-    stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
-    preempted = False
-    student.train()
-    with (
-        PreemptionFlag(repeat_aborts=world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ) as preemption,
-        _stop_cleanly(out, lambda: step),
-    ):
-        while step < total_steps and epoch < cfg.train.epochs and not preempted:
-            if data_state is not None and data_state["dali"]:  # continue the epoch exactly: samples and crops
-                data.train.load_state_dict(data_state)
-                data_state = None
-            else:
-                data.train.set_epoch(epoch, start_batch=start_batch)
-            sampling.set_epoch(epoch, start_batch)
-            batch_in_epoch = start_batch
-            for images, labels in data.train:
-                loss, n = step_fn(images, labels)  # select -> teacher on k rows -> student -> SGD step
-                ledger.add_step(
-                    batch=n.batch * world,
-                    teacher=n.teacher * world,
-                    student_fwd=n.student_fwd * world,
-                    student_bwd=n.student_bwd * world,
+    def resume_or_calibrate(self) -> None:
+        """Check the checkpoint to resume from (if any), calibrate k (wall-clock budget), restore the position."""
+        cfg, accelerator, run = self.cfg, self.accelerator, self.run
+        student = run.student
+        resume_from = on_main(
+            accelerator, lambda: _check_resume(cfg, self.out, accelerator.unwrap_model(student), self.fingerprint)
+        )
+        self.resume_from = resume_from
+        state = ckpt.load_trainer_state(resume_from, accelerator.process_index) if resume_from is not None else None
+        if wallclock.enabled(cfg):  # k from the checkpoint's calibration, or measured now on this run's own step
+            saved = None if state is None else state.get("wallclock")
+            if state is not None and saved is None and not cfg.resume_force:
+                raise UserError(
+                    f"resume={cfg.resume}: {resume_from} was saved by a run without a wall-clock calibration, this "
+                    "run asks for selection.budget_convention=wallclock; resume_force=true calibrates now"
                 )
-                loss_sum += loss  # stays on the device: read once per log_every steps
-                step, batch_in_epoch, steps_since_log = step + 1, batch_in_epoch + 1, steps_since_log + 1
-                bar.update(1)
+            self.calibration = wallclock.for_run(cfg, accelerator, run, self.num_classes, saved)
+            selector = make_selector(cfg, accelerator, cfg.selection.method, run.ledger, student, k=self.calibration.k)
+            run.selector = run.step.selector = selector
+        if resume_from is not None:
+            accelerator.load_state(str(resume_from))
+            run.selector.load_state_dict(state["selector"])
+            run.ledger.load_state_dict(state["ledger"])
+            self.sampling.load_state_dict(state.get("sampling"))
+            self.step, self.epoch, self.start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.train_s = state.get("train_s", 0.0)  # time in training steps so far (evaluations and saves left out)
+            self.data_state = state["data"]  # DALI's reader position and augmentation RNG (None at an epoch boundary)
 
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_since_log  # sync
-                    dt = time.perf_counter() - t_log
-                    stepping = max(dt - paused, 1e-9)  # the interval's time in steps (data wait included)
-                    train_s += stepping
-                    row = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": mean_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "img_per_s": steps_since_log * n.batch * world / dt,
-                        "step_ms": 1e3 * stepping / steps_since_log,
-                        **cost_fields(),
-                    }
-                    if calibration is not None:  # measured step time against KD's predicted one
-                        row["wall_fraction"] = row["step_ms"] / calibration.kd_step_ms
-                    if step_fn.skipped:
-                        row["skipped_steps"] = step_fn.skipped
-                    log.write(row)
-                    postfix = {"loss": f"{mean_loss:.3f}", "img_s": f"{row['img_per_s']:.0f}"}
-                    postfix["cost"] = f"{row['cost_fraction']:.3f}"
-                    if calibration is not None:
-                        postfix["wall"] = f"{row['wall_fraction']:.3f}"
-                    bar.set_postfix(**postfix)
-                    loss_sum.zero_()
-                    t_log, steps_since_log, paused = time.perf_counter(), 0, 0.0
-                mid_epoch = batch_in_epoch < steps_per_epoch
-                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                    # sync: a checkpoint copies weights, optimizer state and counts to the host
-                    with pause():
-                        save(batch_in_epoch, epoch, data.train.state_dict() if mid_epoch else None)
-                # One process checks its flag every step (free); several agree every preempt_check_every steps.
-                check = world == 1 or step % cfg.train.preempt_check_every == 0 or step == total_steps
-                preempted = check and preemption.agreed(accelerator)  # sync: all-reduce, only with several
-                if step >= total_steps or preempted:
-                    stop_state = data.train.state_dict() if mid_epoch else None  # before the pipeline closes
-                    break
+    def claim_folder(self, record: dict) -> None:
+        """Main process: set later checkpoints aside, cut metrics.jsonl to this step, write config and status."""
+        out, step, resume_from = self.out, self.step, self.resume_from
+        if self.main:  # every check passed: from here on the folder describes this run
+            aside, names = ckpt.set_aside_after(out, step) if resume_from is not None else (None, [])
+            if aside is not None:
+                print(
+                    f"checkpoints after step {step} ({', '.join(names)}) moved to {aside}: this run continues from "
+                    f"step {step}; remove that folder when you no longer need it"
+                )
+            dropped = run_dir.truncate_metrics(out, step)
+            save_config(self.cfg, out / run_dir.CONFIG)
+            if self.calibration is not None:
+                atomic_write_json(out / wallclock.RECORD, self.calibration.state_dict(), indent=1)
+            run_dir.write_status(out, "running", step=step)
+            record["started"] = True
+            if resume_from is not None:
+                print(
+                    f"resumed from {resume_from} at step {step} (epoch {self.epoch}, batch {self.start_batch})"
+                    + (f"; dropped {dropped} metrics.jsonl row(s) logged after it" if dropped else "")
+                )
+        accelerator = self.accelerator
+        on_main(accelerator, lambda: trackers.start(accelerator, self.cfg, step, resumed=resume_from is not None))
 
-            epoch_done = batch_in_epoch >= steps_per_epoch
-            if epoch_done:
-                sampling.end_epoch(accelerator)  # every process: one all-reduce of the epoch's counts
-                epoch, start_batch = epoch + 1, 0
-            else:
-                start_batch = batch_in_epoch
-            if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < total_steps:
-                with pause():
-                    result = sampling.record_eval(step, epoch - 1, evaluate(student, data.val, accelerator, C))
-                log.write({"step": step, "epoch": epoch - 1, **result, **cost_fields()})
-            if epoch_done and not cfg.train.checkpoint_every:
-                with pause():
-                    save(start_batch, epoch)
-        bar.close()
-        if sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
-            sampling.end_epoch(accelerator)
+    def train(self) -> dict:
+        """Train epoch after epoch until total_steps, the last epoch or a preemption; then the end."""
+        cfg, accelerator = self.cfg, self.accelerator
+        self.log = run_dir.MetricsLog(
+            self.out / run_dir.METRICS, self.main, mirror=lambda row: trackers.log(accelerator, row)
+        )
+        self.bar = _progress(self.total_steps, self.step, enabled=self.main and cfg.train.progress)
+        self.loss_sum = torch.zeros((), device=accelerator.device)
+        self.t_log, self.steps_since_log, self.paused = time.perf_counter(), 0, 0.0
+        self.stop_state = None  # the loader's state when the run stops mid-epoch (max_steps, preemption)
+        self.preempted = False
+        self.run.student.train()
+        with (
+            PreemptionFlag(repeat_aborts=self.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ) as preemption,
+            _stop_cleanly(self.out, lambda: self.step),
+        ):
+            while self.step < self.total_steps and self.epoch < cfg.train.epochs and not self.preempted:
+                self.run_epoch(preemption)
+            self.bar.close()
+            if self.sampling.pending:  # stopped mid-epoch (max_steps, preemption): the counts so far
+                self.sampling.end_epoch(accelerator)
+            # (still under the flag: a signal now lets the end finish instead of killing it half-way)
+            return self.finish(preemption)
 
-        # --- the end: final checkpoint, then (unless preempted) student weights and evaluation ---------
-        # (still under the flag: a signal now lets the end finish instead of killing it half-way)
-        latest = ckpt.latest_checkpoint(out)
+    def run_epoch(self, preemption: PreemptionFlag) -> None:
+        """The steps from `start_batch` to the epoch's end (or the run's stop), then the epoch's end."""
+        cfg, data, world, ledger = self.cfg, self.data, self.world, self.run.ledger
+        if self.data_state is not None and self.data_state["dali"]:  # continue the epoch exactly: samples and crops
+            data.train.load_state_dict(self.data_state)
+            self.data_state = None
+        else:
+            data.train.set_epoch(self.epoch, start_batch=self.start_batch)
+        self.sampling.set_epoch(self.epoch, self.start_batch)
+        batch_in_epoch = self.start_batch
+        for images, labels in data.train:
+            loss, n = self.run.step(images, labels)  # select -> teacher on k rows -> student -> SGD step
+            ledger.add_step(
+                batch=n.batch * world,
+                teacher=n.teacher * world,
+                student_fwd=n.student_fwd * world,
+                student_bwd=n.student_bwd * world,
+            )
+            self.loss_sum += loss  # stays on the device: read once per log_every steps
+            self.step, batch_in_epoch, self.steps_since_log = (
+                self.step + 1,
+                batch_in_epoch + 1,
+                self.steps_since_log + 1,
+            )
+            self.bar.update(1)
+
+            if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                self.log_row(n.batch)
+            mid_epoch = batch_in_epoch < self.steps_per_epoch
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                # sync: a checkpoint copies weights, optimizer state and counts to the host
+                with self.pause():
+                    self.save(batch_in_epoch, self.epoch, data.train.state_dict() if mid_epoch else None)
+            # One process checks its flag every step (free); several agree every preempt_check_every steps.
+            check = world == 1 or self.step % cfg.train.preempt_check_every == 0 or self.step == self.total_steps
+            self.preempted = check and preemption.agreed(self.accelerator)  # sync: all-reduce, only with several
+            if self.step >= self.total_steps or self.preempted:
+                self.stop_state = data.train.state_dict() if mid_epoch else None  # before the pipeline closes
+                break
+        self.end_epoch(batch_in_epoch)
+
+    def end_epoch(self, batch_in_epoch: int) -> None:
+        """A finished epoch: its sampling counts, then the evaluation and checkpoint it is due; else the resume point."""
+        cfg, step = self.cfg, self.step
+        epoch_done = batch_in_epoch >= self.steps_per_epoch
+        if epoch_done:
+            self.sampling.end_epoch(self.accelerator)  # every process: one all-reduce of the epoch's counts
+            self.epoch, self.start_batch = self.epoch + 1, 0
+        else:
+            self.start_batch = batch_in_epoch
+        epoch = self.epoch
+        if epoch_done and cfg.train.eval_every and epoch % cfg.train.eval_every == 0 and step < self.total_steps:
+            with self.pause():
+                result = self.sampling.record_eval(step, epoch - 1, self.evaluate_student())
+            self.log.write({"step": step, "epoch": epoch - 1, **result, **self.cost_fields()})
+        if epoch_done and not cfg.train.checkpoint_every:
+            with self.pause():
+                self.save(self.start_batch, epoch)
+
+    def log_row(self, batch: int) -> None:
+        """One metrics.jsonl row for the steps since the last one (`batch`: this process's rows per step)."""
+        accelerator, calibration, steps = self.accelerator, self.calibration, self.steps_since_log
+        mean_loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / steps  # sync
+        dt = time.perf_counter() - self.t_log
+        stepping = max(dt - self.paused, 1e-9)  # the interval's time in steps (data wait included)
+        self.train_s += stepping
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": mean_loss,
+            "lr": self.run.scheduler.get_last_lr()[0],
+            "img_per_s": steps * batch * self.world / dt,
+            "step_ms": 1e3 * stepping / steps,
+            **self.cost_fields(),
+        }
+        if calibration is not None:  # measured step time against KD's predicted one
+            row["wall_fraction"] = row["step_ms"] / calibration.kd_step_ms
+        if self.run.step.skipped:
+            row["skipped_steps"] = self.run.step.skipped
+        self.log.write(row)
+        postfix = {"loss": f"{mean_loss:.3f}", "img_s": f"{row['img_per_s']:.0f}"}
+        postfix["cost"] = f"{row['cost_fraction']:.3f}"
+        if calibration is not None:
+            postfix["wall"] = f"{row['wall_fraction']:.3f}"
+        self.bar.set_postfix(**postfix)
+        self.loss_sum.zero_()
+        self.t_log, self.steps_since_log, self.paused = time.perf_counter(), 0, 0.0
+
+    def finish(self, preemption: PreemptionFlag) -> dict:
+        """The end: final checkpoint, then (unless preempted) student weights and evaluation; returns the summary."""
+        accelerator, step, epoch, ledger, calibration = (
+            self.accelerator,
+            self.step,
+            self.epoch,
+            self.run.ledger,
+            self.calibration,
+        )
+        latest = ckpt.latest_checkpoint(self.out)
         if not (latest and latest.name == f"step-{step}"):
-            latest = save(start_batch, epoch, stop_state)
-        if preempted:
+            latest = self.save(self.start_batch, epoch, self.stop_state)
+        if self.preempted:
             summary = {
                 "step": step,
                 "epoch": epoch,
                 "preempted": True,
                 "signal": preemption.signal_name,
                 "checkpoint": str(latest),
-                **cost_fields(),
+                **self.cost_fields(),
             }
-            log.write(summary)
+            self.log.write(summary)
             accelerator.wait_for_everyone()
             return summary
-        ckpt.save_final(accelerator, student, out)
-        last_epoch = epoch - 1 if start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
-        result = sampling.record_eval(step, last_epoch, evaluate(student, data.val, accelerator, C))
+        ckpt.save_final(accelerator, self.run.student, self.out)
+        last_epoch = epoch - 1 if self.start_batch == 0 and epoch > 0 else epoch  # the epoch the final weights end
+        result = self.sampling.record_eval(step, last_epoch, self.evaluate_student())
         summary = {
             "step": step,
             "epoch": epoch,
             "final": True,
             **result,
             "checkpoint": str(latest),
-            **cost_fields(),
+            **self.cost_fields(),
             "Ft": ledger.Ft,
             "Fs": ledger.Fs,
             "Bs": ledger.Bs,
-            "step_ms": 1e3 * train_s / step if step else None,
+            "step_ms": 1e3 * self.train_s / step if step else None,
         }
         if calibration is not None:
             summary.update(k=calibration.k, wall_fraction=summary["step_ms"] / calibration.kd_step_ms)
-        if run.teacher is not None:
-            t_eval = evaluate(run.teacher, data.val, accelerator)
+        if self.run.teacher is not None:
+            t_eval = evaluate(self.run.teacher, self.data.val, accelerator)
             summary.update(teacher_top1=t_eval["top1"], teacher_top5=t_eval["top5"])
-        log.write(summary)
+        self.log.write(summary)
         accelerator.wait_for_everyone()
         return summary
+
+    def evaluate_student(self) -> dict:
+        return evaluate(self.run.student, self.data.val, self.accelerator, len(self.data.classes))
+
+    def save(self, batch_in_epoch: int, epoch_: int, loader_state: dict | None = None) -> Path:
+        state = {
+            "step": self.step,
+            "epoch": epoch_,
+            "batch_in_epoch": batch_in_epoch,
+            "fingerprint": self.fingerprint,
+            "selector": self.run.selector.state_dict(),
+            "ledger": self.run.ledger.state_dict(),
+            "data": loader_state,
+            "sampling": self.sampling.state_dict(),
+            "wallclock": None if self.calibration is None else self.calibration.state_dict(),
+            # + the steps since the last row
+            "train_s": self.train_s + max(0.0, time.perf_counter() - self.t_log - self.paused),
+        }
+        return ckpt.save_checkpoint(self.accelerator, self.out, self.step, state, keep=self.cfg.train.keep_checkpoints)
+
+    def cost_fields(self) -> dict:  # cost_fraction: paper convention (B_s = F_s); *_measured: counted B_s
+        fields = {**self.run.ledger.metrics(), "world_size": self.world, "train_s": self.train_s}
+        if self.calibration is not None:
+            fields["wall_fraction_predicted"] = self.calibration.predicted_fraction
+        return fields
+
+    @contextmanager
+    def pause(self):  # an evaluation or a checkpoint save: not training-step time (step_ms, train_s, wall_fraction)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t0
 
 
 def _check_resume(cfg: Config, out: Path, student: torch.nn.Module, fingerprint: dict) -> Path | None:

@@ -287,12 +287,7 @@ def measure(
 
     Everything the steps change is put back afterwards (see the module docstring). Every process steps (DDP's
     collectives are part of the step); each returns its own times (`for_run` uses the main process's)."""
-    from unixkd.selection import GraphedUnixSelector
-
-    from .build import make_selector
-    from .fastpath import TeacherForward
-    from .measure.profile import ForwardMarks, _scoring_models, fold_fused, walk_step
-    from .measure.timing import Clock, synthetic_batch
+    from .measure.timing import synthetic_batch
 
     if steps < 1 or warmup < 0:
         raise UserError(f"wall-clock calibration: steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -304,36 +299,10 @@ def measure(
     images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)
     batches = itertools.repeat((images, labels))
 
-    def make_step(method: str, k: int | None):
-        c = copy.deepcopy(cfg)
-        c.selection.budget = None
-        if k is not None:
-            c.selection.k = k
-        step = copy.copy(run.step)  # the same models, optimizer, schedule and step options
-        step.selector = make_selector(c, accelerator, method, run.ledger, run.student)  # its own generator/graph
-        step.on_select = None  # no sampling analytics for calibration steps
-        call = run.step.teacher_call
-        if isinstance(call, TeacherForward) and call.mode in ("graph", "static"):
-            step.teacher_call = TeacherForward(call.teacher, call.mode, max_graphs=call.max_graphs, warmup=call.warmup)
-        return step
-
-    configs = [("kd", N, make_step("kd", None))]
+    configs = [("kd", N, _calibration_step(run, cfg, accelerator, "kd", None))]
     for method in methods:
-        configs += [(method, k, make_step(method, k)) for k in ks]
-    clock = Clock(device)
-    times: list[dict[str, list[float]]] = [{} for _ in configs]
-    with preserved(run, accelerator):
-        for i in range(warmup + steps):
-            for j, (_, _, step) in enumerate(configs):
-                fused = isinstance(step.selector, GraphedUnixSelector)
-                marks = ForwardMarks([] if fused else _scoring_models(step, run), clock.now)
-                seconds = walk_step(step, batches, clock.now, marks)
-                marks.remove()
-                if fused:
-                    seconds = fold_fused(seconds)
-                if i >= warmup:
-                    for p, s in seconds.items():
-                        times[j].setdefault(p, []).append(s * 1e3)
+        configs += [(method, k, _calibration_step(run, cfg, accelerator, method, k)) for k in ks]
+    times = _time_rounds(run, accelerator, [step for _, _, step in configs], batches, steps, warmup)
     medians = [{p: statistics.median(v) for p, v in t.items()} for t in times]
     meta = {
         "device": str(device),
@@ -354,6 +323,49 @@ def measure(
         ]
         models[method] = PhaseModel(method, N, points, kd, dict(meta), times[0])
     return models
+
+
+def _calibration_step(run, cfg, accelerator, method: str, k: int | None):
+    """`run`'s step with its own `method` selector at k (None: the config's), for the calibration alone."""
+    from .build import make_selector
+    from .fastpath import TeacherForward
+
+    c = copy.deepcopy(cfg)
+    c.selection.budget = None
+    if k is not None:
+        c.selection.k = k
+    step = copy.copy(run.step)  # the same models, optimizer, schedule and step options
+    step.selector = make_selector(c, accelerator, method, run.ledger, run.student)  # its own generator/graph
+    step.on_select = None  # no sampling analytics for calibration steps
+    call = run.step.teacher_call
+    if isinstance(call, TeacherForward) and call.mode in ("graph", "static"):
+        step.teacher_call = TeacherForward(call.teacher, call.mode, max_graphs=call.max_graphs, warmup=call.warmup)
+    return step
+
+
+def _time_rounds(run, accelerator, steps_to_time: list, batches, steps: int, warmup: int) -> list[dict]:
+    """Phase times (ms) of each step, rounds interleaved over the steps, warm-up rounds left out; whatever the
+    steps change is put back afterwards."""
+    from unixkd.selection import GraphedUnixSelector
+
+    from .measure.profile import ForwardMarks, _scoring_models, fold_fused, walk_step
+    from .measure.timing import Clock
+
+    clock = Clock(accelerator.device)
+    times: list[dict[str, list[float]]] = [{} for _ in steps_to_time]
+    with preserved(run, accelerator):
+        for i in range(warmup + steps):
+            for j, step in enumerate(steps_to_time):
+                fused = isinstance(step.selector, GraphedUnixSelector)
+                marks = ForwardMarks([] if fused else _scoring_models(step, run), clock.now)
+                seconds = walk_step(step, batches, clock.now, marks)
+                marks.remove()
+                if fused:
+                    seconds = fold_fused(seconds)
+                if i >= warmup:
+                    for p, s in seconds.items():
+                        times[j].setdefault(p, []).append(s * 1e3)
+    return times
 
 
 @contextlib.contextmanager

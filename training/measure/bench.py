@@ -98,6 +98,74 @@ def bench(
     accelerator=None,
 ) -> dict:
     """Time `selectors` (and the peer) on `cfg`'s pair; returns the result record (see benchmarks/README.md)."""
+    _check_options(cfg, selectors, steps, warmup, peer, fast_path)
+    accelerator = accelerator or make_accelerator(cfg)
+    device, N = accelerator.device, cfg.data.batch_size
+    t_modes, modes = _check_setup(cfg, accelerator, data, peer, teacher_modes)  # before anything is built
+    loaders = timing_data(cfg, accelerator, modes)
+    num_classes = cfg.model.num_classes or len(loaders.classes)
+    run = build_timed_run(cfg, accelerator, num_classes)
+    costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
+
+    peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator) if peer == "timm" else None
+    ours = peer_batches = None  # pipeline mode: this project's loader (DALI), and the peer's
+    if "pipeline" in modes:
+        ours = endless(loaders.train)
+        peer_batches = peer_step.batches() if peer_step is not None else None
+    calibrated, fused = _selectors(cfg, accelerator, run, num_classes, selectors)
+    runners, path = build_runners(run, fused, modes, fast_path, peer_step, ours, peer_batches, device)
+    if path["note"]:
+        print(path["note"])
+
+    images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)  # the micro-benchmarks use it too
+    _time_interleaved(runners, images, labels, steps, warmup, device)
+    data_alone = _time_data_alone(loaders, ours, peer_step, peer_batches, steps, warmup, N, device)
+
+    peak = peak_flops(device, cfg.mixed_precision)
+    p2, teacher = _micro(cfg, accelerator, run, fused, t_modes, images, labels, peak, steps, warmup)
+    args = {
+        "selectors": selectors,
+        "steps": steps,
+        "warmup": warmup,
+        "data": data,
+        "peer": peer,
+        "fast_path": fast_path,
+        "teacher_modes": teacher_modes,
+    }
+    parts = dict(num_classes=num_classes, costs=costs, path=path, peer_step=peer_step, calibrated=calibrated)
+    return _record(cfg, device, note, args, parts, runners, steps, peak, data_alone, p2, teacher)
+
+
+def _record(
+    cfg: Config, device, note: str, args: dict, parts: dict, runners, steps: int, peak, data_alone, p2, teacher
+):
+    """bench's result record: what ran, how it was timed, the rows, the micro-benchmarks, the targets."""
+    peer_step, calibrated = parts["peer_step"], parts["calibrated"]
+    result = {
+        "kind": "unixkd bench",
+        "environment": environment(device),
+        "note": note,
+        "args": args,
+        "timing": _timing_description(device),
+        "teacher_weights": teacher_weights(cfg),
+        "num_classes": parts["num_classes"],
+        "flops_per_image": parts["costs"],
+        "fast_path": parts["path"],
+        "peak": peak,
+        "peer": peer_step.description if peer_step is not None else None,
+        "rows": _rows(runners, cfg.data.batch_size, steps, peak),
+        "data_alone": data_alone,
+        "p2": p2,
+        "teacher_forward": teacher,
+        "config": to_dict(cfg),
+        "wallclock": {name: cal.state_dict() for name, cal in calibrated.items()} or None,
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def _check_options(cfg: Config, selectors: list[str], steps: int, warmup: int, peer: str | None, fast_path: str):
+    """bench's own options, checked before anything is built."""
     from unixkd.selection import SELECTORS
 
     bad = [s for s in selectors if s not in SELECTORS]
@@ -111,38 +179,34 @@ def bench(
         raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    accelerator = accelerator or make_accelerator(cfg)
+
+
+def _check_setup(cfg: Config, accelerator, data: str, peer: str | None, teacher_modes: str):
+    """One process, the teacher modes this device has, and data modes the peer can read; returns both modes."""
     if accelerator.num_processes > 1:
         raise UserError("bench runs on one process; start it with python, not accelerate launch --multi_gpu")
-    device, N = accelerator.device, cfg.data.batch_size
-    t_modes = teacher_modes_for(teacher_modes, device)  # checked before anything is built
+    t_modes = teacher_modes_for(teacher_modes, accelerator.device)  # checked before anything is built
     modes = ["synthetic", "pipeline"] if data == "both" else [data]
     if peer is not None and "pipeline" in modes and cfg.data.dataset.startswith("cifar"):
         raise ConfigError(
             f"--peer {peer} with --data {data} reads an image folder (ImageFolder); "
             f"data.dataset={cfg.data.dataset} is arrays: use --data synthetic"
         )
-    loaders = timing_data(cfg, accelerator, modes)
-    num_classes = cfg.model.num_classes or len(loaders.classes)
-    run = build_timed_run(cfg, accelerator, num_classes)
-    costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
+    return t_modes, modes
 
-    peer_step = TimmPeer(cfg, run.teacher, num_classes, accelerator) if peer == "timm" else None
-    ours = peer_batches = None  # pipeline mode: this project's loader (DALI), and the peer's
-    if "pipeline" in modes:
-        ours = endless(loaders.train)
-        peer_batches = peer_step.batches() if peer_step is not None else None
+
+def _selectors(cfg: Config, accelerator, run, num_classes: int, selectors: list[str]) -> tuple[dict, dict]:
+    """Each selector as the run builds it (a wall-clock budget's k calibrated first); returns (calibrated, fused)."""
     calibrated = wallclock.for_bench(cfg, accelerator, run, num_classes, selectors)  # a wall-clock budget's k
     fused = {
         name: make_selector(cfg, accelerator, name, run.ledger, k=calibrated[name].k if name in calibrated else None)
         for name in selectors
     }  # budget mode too
-    runners, path = build_runners(run, fused, modes, fast_path, peer_step, ours, peer_batches, device)
-    if path["note"]:
-        print(path["note"])
+    return calibrated, fused
 
-    images, labels = synthetic_batch(cfg, num_classes, device, seed=cfg.seed)  # the micro-benchmarks use it too
-    _time_interleaved(runners, images, labels, steps, warmup, device)
+
+def _time_data_alone(loaders, ours, peer_step, peer_batches, steps: int, warmup: int, N: int, device) -> list[dict]:
+    """Each loader alone, after the steps: this project's (pipeline mode) and the peer's."""
     data_alone = []
     if ours is not None:  # each loader from a fresh epoch: no epoch restart inside the timed batches if it fits
         ours.close()
@@ -163,8 +227,12 @@ def bench(
                 "batches_per_epoch": peer_step.batches_per_epoch,
             }
         )
+    return data_alone
 
-    peak = peak_flops(device, cfg.mixed_precision)
+
+def _micro(cfg: Config, accelerator, run, fused: dict, t_modes, images, labels, peak, steps: int, warmup: int):
+    """The micro-benchmarks on the synthetic batch: P2 (UNIX's selection) and the teacher forward's modes."""
+    N = cfg.data.batch_size
     p2 = None
     if "unix" in fused:  # P2: UNIX's selection against the forward it needs anyway
         p2 = selection_micro(
@@ -183,47 +251,24 @@ def bench(
             steps=steps,
             warmup=warmup,
         )
-    result = {
-        "kind": "unixkd bench",
-        "environment": environment(device),
-        "note": note,
-        "args": {
-            "selectors": selectors,
-            "steps": steps,
-            "warmup": warmup,
-            "data": data,
-            "peer": peer,
-            "fast_path": fast_path,
-            "teacher_modes": teacher_modes,
-        },
-        "timing": (
-            "interleaved over runners and modes, warm-up rounds first. synthetic: "
-            + (
-                "CUDA events around each step, one sync at the end; "
-                if device.type == "cuda"
-                else "time.perf_counter around each step; "
-            )
-            + "pipeline: perf_counter around data wait + step, device synced after each step; "
-            "img/s = N / median step time. data alone: after the steps, each loader from a fresh epoch, "
-            "batches back to back, img/s = N x batches / total time. micro-benchmarks (p2, teacher_forward): "
-            "after that, on the synthetic batch, interleaved the same way. MFU = FLOPs (measured "
-            "convention) / median time / peak"
-        ),
-        "teacher_weights": teacher_weights(cfg),
-        "num_classes": num_classes,
-        "flops_per_image": costs,
-        "fast_path": path,
-        "peak": peak,
-        "peer": peer_step.description if peer_step is not None else None,
-        "rows": _rows(runners, N, steps, peak),
-        "data_alone": data_alone,
-        "p2": p2,
-        "teacher_forward": teacher,
-        "config": to_dict(cfg),
-        "wallclock": {name: cal.state_dict() for name, cal in calibrated.items()} or None,
-    }
-    result["targets"] = targets(result)
-    return result
+    return p2, teacher
+
+
+def _timing_description(device) -> str:
+    """How bench timed what it records (the result's "timing")."""
+    return (
+        "interleaved over runners and modes, warm-up rounds first. synthetic: "
+        + (
+            "CUDA events around each step, one sync at the end; "
+            if device.type == "cuda"
+            else "time.perf_counter around each step; "
+        )
+        + "pipeline: perf_counter around data wait + step, device synced after each step; "
+        "img/s = N / median step time. data alone: after the steps, each loader from a fresh epoch, "
+        "batches back to back, img/s = N x batches / total time. micro-benchmarks (p2, teacher_forward): "
+        "after that, on the synthetic batch, interleaved the same way. MFU = FLOPs (measured "
+        "convention) / median time / peak"
+    )
 
 
 def _teacher_rows(cfg: Config, fused: dict, N: int) -> int:
@@ -260,36 +305,15 @@ def build_runners(
     graphed = [s.mode for s in fused.values() if isinstance(s, GraphedUnixSelector)]
     resolved["selection"] = graphed[0] if graphed else "eager"
     differs = resolved != {"selection": "eager", "teacher": "eager", "student": "eager"}
-    note = None
-    if differs:
-        groups = {
-            "fused": [("fused", "")],
-            "eager": [("eager", "/eager")],
-            "both": [("fused", ""), ("eager", "/eager")],
-        }[fast_path]
-    else:  # the run as configured is the eager path: one set of runners, named as asked
-        groups = [("eager", "" if fast_path == "fused" else "/eager")]
-        where = device.type if device is not None else "this device"
-        if fast_path != "eager":
-            note = f"fast path: on {where} this run resolves to eager (selection, teacher and student all eager): " + (
-                "timing the eager runners only" if fast_path == "both" else "its rows are eager"
-            )
+    groups, note = _path_groups(fast_path, differs, device)
     costs = dict(Ft=run.ledger.Ft, Fs=run.ledger.Fs, Bs=run.ledger.Bs)
-
-    def make_step(name: str, group: str) -> DistillStep:
-        step = copy.copy(run.step)  # the same models, optimizer and phases
-        step.selector = copy.deepcopy(fused[name])  # its own: a graphed selector's buffers are per instance
-        if group == "eager":
-            return eager_step(step)
-        step.teacher_call = _own_teacher_call(run.step.teacher_call)
-        return step
 
     runners = []
     for mode in modes:
         batches = None if mode == "synthetic" else ours
         for group, suffix in groups:
             for name in fused:
-                step = make_step(name, group)
+                step = _runner_step(run, fused, name, group)
                 runners.append(
                     Runner(
                         mode,
@@ -320,6 +344,35 @@ def build_runners(
         "note": note,
     }
     return runners, path
+
+
+def _path_groups(fast_path: str, differs: bool, device) -> tuple[list[tuple[str, str]], str | None]:
+    """The paths to time as (group, name suffix), and a note when the run as configured is already eager."""
+    note = None
+    if differs:
+        groups = {
+            "fused": [("fused", "")],
+            "eager": [("eager", "/eager")],
+            "both": [("fused", ""), ("eager", "/eager")],
+        }[fast_path]
+    else:  # the run as configured is the eager path: one set of runners, named as asked
+        groups = [("eager", "" if fast_path == "fused" else "/eager")]
+        where = device.type if device is not None else "this device"
+        if fast_path != "eager":
+            note = f"fast path: on {where} this run resolves to eager (selection, teacher and student all eager): " + (
+                "timing the eager runners only" if fast_path == "both" else "its rows are eager"
+            )
+    return groups, note
+
+
+def _runner_step(run, fused: dict, name: str, group: str) -> DistillStep:
+    """One runner's step: the run's, with its own copy of selector `name` (and, fused, its own teacher call)."""
+    step = copy.copy(run.step)  # the same models, optimizer and phases
+    step.selector = copy.deepcopy(fused[name])  # its own: a graphed selector's buffers are per instance
+    if group == "eager":
+        return eager_step(step)
+    step.teacher_call = _own_teacher_call(run.step.teacher_call)
+    return step
 
 
 def _own_teacher_call(call):

@@ -166,17 +166,8 @@ def profile(
 
     `data`: `pipeline` (the configured dataset's loader, DALI) or `synthetic` (one random batch resident on the
     device, as bench's synthetic mode: no dataset, no DALI; data_wait is then ~0)."""
-    from unixkd.selection import SELECTORS
-
     method = selector or cfg.selection.method
-    if method not in SELECTORS:
-        raise ConfigError(f"--selector {method}: not one of {', '.join(SELECTORS)}")
-    if fast_path not in FAST_PATHS:
-        raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
-    if data not in ("pipeline", "synthetic"):
-        raise ConfigError(f"--data {data}: profile takes pipeline or synthetic")
-    if steps < 1 or warmup < 0:
-        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    _check_options(method, fast_path, data, steps, warmup)
     cfg = copy.deepcopy(cfg)
     cfg.selection.method = method
     out = Path(out_dir)
@@ -200,55 +191,36 @@ def profile(
     else:
         batches = endless(loaders.train)
 
-    # FLOPs: one counted step on the eager twin (same models, options and generator): a capture under the
-    # counter would add its warm-up calls, and replays are invisible to it
-    counted = eager_step(step)
-    counter = flop_counter()
-    marks = ForwardMarks(_scoring_models(counted, run), lambda: float(counter.get_total_flops()))
-    with counter:
-        flops = walk_step(counted, batches, marks.read, marks)
-    marks.remove()
-    if fused:
-        flops = fold_fused(flops)
+    flops = _count_flops(step, run, batches, fused)
+    ms = _time_phases(step, run, batches, device, fused, phases_used, warmup, steps)
+    args = {"steps": steps, "warmup": warmup, "fast_path": fast_path, "data": data}
+    result = _record(cfg, accelerator, run, num_classes, method, step, calibrated, flops, ms, note, args)
+    atomic_write_json(out / "profile.json", result, indent=1)
+    try:
+        plot(result, out / "profile.png")
+    except ImportError as e:  # a bare GPU box without matplotlib (a declared dependency): keep the numbers
+        print(f"note: no profile.png ({e}); profile.json has every number")
+    return result
 
-    # time: warm-up (captures happen here), then the timed steps. No hooks on a graphed selection: they would
-    # not fire on a replay, and the clock's device sync inside a capture would break it
-    clock = Clock(device)
-    marks = ForwardMarks([] if fused else _scoring_models(step, run), clock.now)
-    ms: dict[str, list[float]] = {p: [] for p in phases_used}
-    for i in range(warmup + steps):
-        seconds = walk_step(step, batches, clock.now, marks)
-        if fused:
-            seconds = fold_fused(seconds)
-        if i >= warmup:
-            for p in phases_used:
-                ms[p].append(seconds[p] * 1e3)
-    marks.remove()
 
+def _record(cfg: Config, accelerator, run, num_classes: int, method: str, step, calibrated, flops, ms, note, args):
+    """profile's result record: each phase's time and FLOPs, the step's, and how they were measured."""
+    device, steps = accelerator.device, args["steps"]
+    fused = isinstance(step.selector, GraphedUnixSelector)
+    phases_used = PHASES_FUSED if fused else PHASES
     medians = {p: median(ms[p]) for p in phases_used}
-    time_total, flop_total = sum(medians.values()), sum(flops.values())
     peak = peak_flops(device, cfg.mixed_precision)
-    phases = {}
-    for p in phases_used:
-        f = flops[p]
-        phases[p] = {
-            "median_ms": medians[p],
-            "time_share": medians[p] / time_total if time_total > 0 else None,
-            "flops": f,
-            "flop_share": f / flop_total if flop_total > 0 else None,
-            "achieved_tflops": f / (medians[p] / 1e3) / 1e12 if f > 0 and medians[p] > 0 else None,
-            "mfu": mfu(f, medians[p], peak),
-            "ms": ms[p],
-        }
+    phases = _phase_rows(ms, medians, flops, phases_used, peak)
     step_ms = [sum(ms[p][i] for p in phases_used) for i in range(steps)]
+    flop_total = sum(flops.values())
     result = {
         "kind": "unixkd profile",
         "environment": environment(device),
         "note": note,
         "selector": method,
-        "args": {"steps": steps, "warmup": warmup, "fast_path": fast_path, "data": data},
+        "args": args,
         "fast_path": {
-            "requested": fast_path,
+            "requested": args["fast_path"],
             "modes": step_modes(step),
             "selection_phases": "fused" if fused else "split",
         },
@@ -273,12 +245,71 @@ def profile(
             cfg, accelerator, run, num_classes, method, step.selector, calibrated[method].model if calibrated else None
         ),
     }
-    atomic_write_json(out / "profile.json", result, indent=1)
-    try:
-        plot(result, out / "profile.png")
-    except ImportError as e:  # a bare GPU box without matplotlib (a declared dependency): keep the numbers
-        print(f"note: no profile.png ({e}); profile.json has every number")
     return result
+
+
+def _check_options(method: str, fast_path: str, data: str, steps: int, warmup: int) -> None:
+    """profile's own options, checked before anything is built."""
+    from unixkd.selection import SELECTORS
+
+    if method not in SELECTORS:
+        raise ConfigError(f"--selector {method}: not one of {', '.join(SELECTORS)}")
+    if fast_path not in FAST_PATHS:
+        raise ConfigError(f"--fast-path {fast_path}: must be one of {', '.join(FAST_PATHS)}")
+    if data not in ("pipeline", "synthetic"):
+        raise ConfigError(f"--data {data}: profile takes pipeline or synthetic")
+    if steps < 1 or warmup < 0:
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+
+
+def _count_flops(step, run, batches, fused: bool) -> dict:
+    """FLOPs per phase: one counted step on the eager twin (same models, options and generator): a capture under
+    the counter would add its warm-up calls, and replays are invisible to it."""
+    counted = eager_step(step)
+    counter = flop_counter()
+    marks = ForwardMarks(_scoring_models(counted, run), lambda: float(counter.get_total_flops()))
+    with counter:
+        flops = walk_step(counted, batches, marks.read, marks)
+    marks.remove()
+    if fused:
+        flops = fold_fused(flops)
+    return flops
+
+
+def _time_phases(step, run, batches, device, fused: bool, phases_used, warmup: int, steps: int) -> dict:
+    """Milliseconds per phase of each timed step: warm-up (captures happen here), then the timed steps. No hooks
+    on a graphed selection: they would not fire on a replay, and the clock's device sync inside a capture would
+    break it."""
+    clock = Clock(device)
+    marks = ForwardMarks([] if fused else _scoring_models(step, run), clock.now)
+    ms: dict[str, list[float]] = {p: [] for p in phases_used}
+    for i in range(warmup + steps):
+        seconds = walk_step(step, batches, clock.now, marks)
+        if fused:
+            seconds = fold_fused(seconds)
+        if i >= warmup:
+            for p in phases_used:
+                ms[p].append(seconds[p] * 1e3)
+    marks.remove()
+    return ms
+
+
+def _phase_rows(ms: dict, medians: dict, flops: dict, phases_used, peak) -> dict:
+    """Each phase's median time, FLOPs, their shares of the step, achieved TFLOP/s and MFU."""
+    time_total, flop_total = sum(medians.values()), sum(flops.values())
+    phases = {}
+    for p in phases_used:
+        f = flops[p]
+        phases[p] = {
+            "median_ms": medians[p],
+            "time_share": medians[p] / time_total if time_total > 0 else None,
+            "flops": f,
+            "flop_share": f / flop_total if flop_total > 0 else None,
+            "achieved_tflops": f / (medians[p] / 1e3) / 1e12 if f > 0 and medians[p] > 0 else None,
+            "mfu": mfu(f, medians[p], peak),
+            "ms": ms[p],
+        }
+    return phases
 
 
 def predicted_wall(cfg: Config, accelerator, run, num_classes: int, method: str, selector, model=None) -> dict | None:

@@ -90,24 +90,26 @@ def _micro_lines(r: dict) -> list[str]:
     return [line for pair in zip(lines, [""] * len(lines)) for line in pair]
 
 
+def _verdict(ok) -> str:
+    return "pass" if ok else "**fail**"
+
+
+def _cell(v, show) -> str:
+    return "–" if v is None else show(v)
+
+
 def _targets_table(t: dict) -> list[str]:
-    def verdict(ok):
-        return "pass" if ok else "**fail**"
-
-    def cell(v, show):
-        return "–" if v is None else show(v)
-
     p1, p2, p3, p4 = t["P1"], t["P2"], t["P3"], t["P4"]
     rows = [
         (
             "P1: UNIX/KD step time − UNIX/KD FLOPs (measured), synthetic",
             f"≤ +{p1['threshold']}",
             *(
-                cell(
+                _cell(
                     p1[p],
                     lambda v: (
                         f"{v['margin']:+.3f} ({v['step_ratio_kd']:.3f} − {v['flop_ratio_measured']:.3f}) "
-                        f"{verdict(v['pass'])}"
+                        f"{_verdict(v['pass'])}"
                     ),
                 )
                 for p in ("fused", "eager")
@@ -116,7 +118,7 @@ def _targets_table(t: dict) -> list[str]:
         (
             "P2: UNIX select / bare student forward (N images)",
             f"≤ {p2['threshold']}",
-            *(cell(p2[p], lambda v: f"{v['ratio']:.3f} {verdict(v['pass'])}") for p in ("fused", "eager")),
+            *(_cell(p2[p], lambda v: f"{v['ratio']:.3f} {_verdict(v['pass'])}") for p in ("fused", "eager")),
         ),
     ]
     if not p3["runners"]:
@@ -127,7 +129,7 @@ def _targets_table(t: dict) -> list[str]:
         path = "eager" if name.endswith("/eager") else "fused"
         text = (
             f"{v['ratio']:.3f} ({v['pipeline_img_per_s']:.0f} / min({v['loader_alone_img_per_s']:.0f}, "
-            f"{v['synthetic_img_per_s']:.0f})) {verdict(v['pass'])}"
+            f"{v['synthetic_img_per_s']:.0f})) {_verdict(v['pass'])}"
         )
         rows.append(
             (
@@ -143,7 +145,7 @@ def _targets_table(t: dict) -> list[str]:
                 f"P4: {name} pipeline img/s / timm-kd pipeline img/s",
                 f"≥ {threshold}",
                 *(
-                    cell((p4[p] or {}).get(name), lambda v: f"{v['ratio']:.2f} {verdict(v['pass'])}")
+                    _cell((p4[p] or {}).get(name), lambda v: f"{v['ratio']:.2f} {_verdict(v['pass'])}")
                     for p in ("fused", "eager")
                 ),
             )
