@@ -459,6 +459,7 @@ def test_training_with_the_twins_is_bitwise_the_training_without(tmp_path, digit
     trainer, the analytics and the loss consume each Selection within its step."""
     from safetensors.torch import load_file
 
+    import unixkd.training.build as build
     import unixkd.training.trainer as trainer
     from test_train_e2e import read_rows, small_config
 
@@ -470,9 +471,9 @@ def test_training_with_the_twins_is_bitwise_the_training_without(tmp_path, digit
 
     def run(name: str, twins: bool):
         if twins:
-            monkeypatch.setattr(trainer, "selection_graph_mode", lambda cfg, device: "static")
-            monkeypatch.setattr(trainer, "teacher_mode", lambda cfg, device, features: "static")
-            monkeypatch.setattr(trainer, "graphed", spy)
+            monkeypatch.setattr(build, "selection_graph_mode", lambda cfg, device: "static")
+            monkeypatch.setattr(build, "teacher_mode", lambda cfg, device, features: "static")
+            monkeypatch.setattr(build, "graphed", spy)
         cfg = small_config(
             tmp_path / name,
             digits_root,
