@@ -144,14 +144,11 @@ def cmd_compare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from unixkd.training.config import CHOICES
+    from unixkd.selection import SELECTORS
 
-    bad = [m for m in methods if m not in CHOICES["selection.method"] or m == "none"]
+    bad = [m for m in methods if m not in SELECTORS]  # the methods that distil ("none" is plain CE)
     if not methods or bad:
-        raise ConfigError(
-            f"--methods: unknown method(s) {bad or methods}; "
-            f"allowed: {', '.join(m for m in CHOICES['selection.method'] if m != 'none')}"
-        )
+        raise ConfigError(f"--methods: unknown method(s) {bad or methods}; allowed: {', '.join(SELECTORS)}")
     seeds = None
     if args.seeds is not None:
         try:

@@ -204,10 +204,49 @@ def test_defaults_need_a_dataset_and_a_teacher():
 
 
 def test_config_methods_are_the_registered_selectors():
-    from unixkd.selection import METHODS
-    from unixkd.training.config import CHOICES
+    """selection.method's choices come from the registry, not from a table of their own: every method of
+    selection/ is accepted, and a selector registered later is too (a copy of the names would refuse it)."""
+    from unixkd.selection import METHODS, SELECTORS, register
+    from unixkd.selection.selectors import KDSelector
+    from unixkd.training.config import method_choices
 
-    assert CHOICES["selection.method"] == ("none", *METHODS)
+    assert method_choices() == ("none", *METHODS)
+
+    @register("my_method")
+    class MyMethod(KDSelector):
+        pass
+
+    try:
+        assert load_config(str(DEMO), ["selection.method=my_method"]).selection.method == "my_method"
+    finally:
+        SELECTORS.pop("my_method")
+    with pytest.raises(ConfigError, match="'selection.method' must be one of none, kd"):
+        load_config(str(DEMO), ["selection.method=my_method"])
+
+
+def test_choice_keys_take_their_values_from_the_modules_that_implement_them():
+    import typing
+
+    from unixkd.pipeline.dali import DEVICES, INTERPOLATIONS
+    from unixkd.selection import CRITERIA, PICK_CRITERIA, SCORE_MODES
+    from unixkd.training.budget import CONVENTIONS
+    from unixkd.training.config import DataConfig, LossConfig, ModelConfig, SelectionConfig
+    from unixkd.training.features import FEATURE_LOSSES
+    from unixkd.training.models import WEIGHTS
+
+    def choices(cls, name):
+        return typing.get_args(typing.get_type_hints(cls)[name])
+
+    assert choices(SelectionConfig, "criterion") == CRITERIA
+    assert choices(SelectionConfig, "score_mode") == SCORE_MODES
+    assert choices(SelectionConfig, "pick_criterion") == PICK_CRITERIA
+    assert choices(SelectionConfig, "budget_convention") == (*CONVENTIONS, "wallclock")
+    assert choices(LossConfig, "feature") == FEATURE_LOSSES
+    assert choices(ModelConfig, "teacher_weights") == WEIGHTS
+    assert choices(DataConfig, "dali_device") == DEVICES
+    assert choices(DataConfig, "val_interpolation") == ("auto", *INTERPOLATIONS)
+    # read like a type: a YAML `off` (false) given as an override is the word off
+    assert load_config(str(DEMO), ["train.nonfinite=off", "mixed_precision=no"]).train.nonfinite == "off"
 
 
 def test_new_keys_load():

@@ -17,14 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..build import Run, build_run
 from ..config import Config, ConfigError, load_config
 
 DATA_MODES = ("synthetic", "pipeline", "both")
-PLACEHOLDER_ROOT = "(none: synthetic batches)"
-PLACEHOLDER_TEACHER = "(none: random teacher weights)"
 
 
 def load_timing_config(path: str, overrides: list[str], data_mode: str) -> Config:
@@ -35,27 +32,7 @@ def load_timing_config(path: str, overrides: list[str], data_mode: str) -> Confi
     """
     if data_mode not in DATA_MODES:
         raise ConfigError(f"--data {data_mode}: must be one of {', '.join(DATA_MODES)}")
-    given = {o.split("=", 1)[0].strip(): o.split("=", 1)[1] for o in overrides if "=" in o}
-    raw = {}
-    if Path(path).is_file():
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError:
-            raw = {}  # load_config words the error
-    raw = raw if isinstance(raw, dict) else {}
-
-    def empty(key: str) -> bool:
-        section, leaf = key.split(".")
-        value = given[key] if key in given else (raw.get(section) or {}).get(leaf, "")
-        return not str(value or "").strip()
-
-    extra = []
-    if empty("model.teacher_checkpoint"):
-        extra.append(f"model.teacher_checkpoint={PLACEHOLDER_TEACHER}")
-    dataset = given.get("data.dataset", (raw.get("data") or {}).get("dataset", "folder"))
-    if data_mode == "synthetic" and empty("data.root") and str(dataset).strip() != "digits":
-        extra.append(f"data.root={PLACEHOLDER_ROOT}")
-    return load_config(path, [*overrides, *extra])
+    return load_config(path, overrides, need_data_root=data_mode != "synthetic", need_teacher_weights=False)
 
 
 def teacher_weights(cfg: Config) -> str:
@@ -83,7 +60,7 @@ def timing_data(cfg: Config, accelerator, modes: list[str]):
     with the dataset's classes and no loaders: synthetic batches never need DALI."""
     if modes == ["synthetic"] and cfg.model.num_classes:
         return None
-    if modes == ["synthetic"] and cfg.data.dataset != "digits" and cfg.data.root in ("", PLACEHOLDER_ROOT):
+    if modes == ["synthetic"] and cfg.data.dataset != "digits" and not cfg.data.root:
         raise ConfigError(
             "config key 'model.num_classes' must be set (e.g. 1000) for synthetic batches "
             "without a dataset (data.root is empty)"
