@@ -372,25 +372,18 @@ def build_selector(
     temperature: float = 4.0,
     seed: int = 0,
 ) -> Selector:
-    """The selector for `method` (one of METHODS), given the options it uses (the rest are checked, unused).
+    """The selector for `method` (one of METHODS), given the options it uses (the others are ignored).
 
     k: int count or float fraction of each batch; b: None (N // 2), int count or fraction in (0, 1).
     TL (selection/tl.py): tl_alpha splits the clean-batch loss; pool, n_pick, pick_criterion and the KD
     temperature drive the pick.
+
+    A user's options are checked once, where they enter: the config (training/config.py), one line naming the
+    key. Below it, each selector's `__init__` checks only its own options (cheap, for callers of this library
+    API), and `unix_mix` its tensors.
     """
     if method not in SELECTORS:
         raise ValueError(f"selection.method={method!r} is not one of {', '.join(SELECTORS)}")
-    if k is not None:
-        check_k(k)
-    check_positive("alpha", alpha)
-    check_positive("w", w)
-    check_b(b)
-    check_criterion(criterion)
-    check_score_mode(score_mode)
-    check_tl_alpha(tl_alpha)
-    check_pool(pool)
-    check_n_pick(n_pick, pool)
-    check_pick_criterion(pick_criterion)
     cls = SELECTORS[method]
     options = dict(
         k=k,

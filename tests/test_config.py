@@ -139,6 +139,9 @@ BAD_OVERRIDES = [
     (["loss.temperature=0"], "'loss.temperature'"),
     (["selection.method=bogus"], "'selection.method' must be one of none, kd, random, unix"),
     (["selection.criterion=variance"], "'selection.criterion'"),
+    # an option the method does not use is still the user's mistake: refused where it enters, the config
+    (["selection.method=kd", "selection.criterion=variance"], "'selection.criterion' must be one of entropy"),
+    (["selection.method=kd", "selection.pool=1"], "'selection.pool'"),
     (["mixed_precision=fp8"], "'mixed_precision' must be one of no, bf16, fp16"),
     (["train.compile_student=default", "loss.feature=at"], "train.compile_student=default cannot expose"),
     (["train.teacher_mode=fast"], "'train.teacher_mode' must be one of auto, eager, graph, compile"),

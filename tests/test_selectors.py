@@ -278,7 +278,6 @@ def test_build_selector_types():
         ("unix", {}, "selection.k is required"),
         ("random", {}, "selection.k is required"),
         ("unix", dict(k=4, criterion="variance"), "entropy, confidence, margin"),
-        ("kd", dict(criterion="variance"), "entropy, confidence, margin"),
         ("unix", dict(k=4, alpha=0.0), "selection.alpha"),
         ("unix", dict(k=4, alpha=-1.0), "selection.alpha"),
         ("unix", dict(k=4, w=0.0), "selection.w"),

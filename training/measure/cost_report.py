@@ -45,21 +45,9 @@ def cost_report(
     if N < 1:
         raise UserError(f"--batch-size {N} must be >= 1")
     kk = parse_k(str(k), N)
-    Ft = Fs = Bs_measured = None
-    if ft_over_fs is None:
-        if not teacher or not student:
-            raise UserError("cost needs --teacher and --student (or --ft-over-fs R to skip building models)")
-        from ..models import create_model
-
-        per = measure_pair(create_model(teacher, num_classes), create_model(student, num_classes), image_size)
-        Ft, Fs, Bs_measured = per
-        ratio, bs_ratio_measured = Ft / Fs, Bs_measured / Fs
-    else:
-        if not ft_over_fs > 0:
-            raise UserError(f"--ft-over-fs {ft_over_fs} must be > 0")
-        if convention == "measured" and bs_over_fs is None:
-            raise UserError("--convention measured with --ft-over-fs needs --bs-over-fs (B_s/F_s, about 2)")
-        ratio, bs_ratio_measured = ft_over_fs, bs_over_fs
+    Ft, Fs, Bs_measured, ratio, bs_ratio_measured = _per_image(
+        teacher, student, image_size, num_classes, convention, ft_over_fs, bs_over_fs
+    )
     bs_ratio = 1.0 if convention == "paper" else bs_ratio_measured
     per = {"N": N, "Ft": ratio, "Fs": 1.0, "Bs": bs_ratio}  # only the ratios matter: per F_s
 
@@ -91,6 +79,22 @@ def cost_report(
         report["ratio_unix_at_budget_k"] = fraction(k_unix, scores_batch=True)
         report["k_random_for_budget"] = k_for_budget(budget, scores_batch=False, method="Random", key="--budget", **per)
     return report
+
+
+def _per_image(teacher, student, image_size, num_classes, convention, ft_over_fs, bs_over_fs):
+    """(F_t, F_s, B_s measured, F_t/F_s, B_s/F_s): counted on the named models, or the given ratios (no FLOPs)."""
+    if ft_over_fs is None:
+        if not teacher or not student:
+            raise UserError("cost needs --teacher and --student (or --ft-over-fs R to skip building models)")
+        from ..models import create_model
+
+        Ft, Fs, Bs = measure_pair(create_model(teacher, num_classes), create_model(student, num_classes), image_size)
+        return Ft, Fs, Bs, Ft / Fs, Bs / Fs
+    if not ft_over_fs > 0:
+        raise UserError(f"--ft-over-fs {ft_over_fs} must be > 0")
+    if convention == "measured" and bs_over_fs is None:
+        raise UserError("--convention measured with --ft-over-fs needs --bs-over-fs (B_s/F_s, about 2)")
+    return None, None, None, ft_over_fs, bs_over_fs
 
 
 def format_cost(r: dict) -> str:
