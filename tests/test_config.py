@@ -252,6 +252,17 @@ def test_choice_keys_take_their_values_from_the_modules_that_implement_them():
     assert load_config(str(DEMO), ["train.nonfinite=off", "mixed_precision=no"]).train.nonfinite == "off"
 
 
+def test_unquoted_yaml_words_that_read_as_booleans_are_the_choice_the_user_wrote(tmp_path):
+    """YAML 1.1 reads `off`, `no`, `on` as booleans: a choice key takes the word among its choices."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\ntrain: {nonfinite: off, cuda_graph: on}\n")
+    cfg = load_config(str(path), ["model.teacher_checkpoint=t.pth", "data.dataset=digits"])
+    assert (cfg.mixed_precision, cfg.train.nonfinite, cfg.train.cuda_graph) == ("no", "off", "on")
+    path.write_text("train: {teacher_mode: off}\n")  # no such choice: named as one line, as the bool it was read
+    with pytest.raises(ConfigError, match="'train.teacher_mode' must be one of auto, eager, graph, compile"):
+        load_config(str(path))
+
+
 def test_new_keys_load():
     cfg = load_config(
         str(DEMO),

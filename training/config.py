@@ -342,6 +342,9 @@ def _coerce(value, tp, key: str):
     origin = typing.get_origin(tp)
     if origin is Literal:  # one of a few names: read as a string, then checked against them
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/false (yes/on/true) as a bool
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((w for w in words if w in choices), value)
         text = _coerce(value, str, key)
         if text not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {text!r}")
