@@ -382,11 +382,14 @@ def cmd_cost(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from unixkd.training.files import atomic_write_json
+    from unixkd.training.files import atomic_write_json, check_writable_file, keep_previous
     from unixkd.training.measure.bench import bench, format_table
     from unixkd.training.measure.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
+    if args.json_path:  # before the timing, not after it
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        check_writable_file(args.json_path, "--json", example="bench.json")
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
     result = bench(
         cfg,
@@ -402,17 +405,19 @@ def cmd_bench(args) -> int:
     result["cli_args"] = vars(args)
     print(format_table(result))
     if args.json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        kept = keep_previous(args.json_path)
         atomic_write_json(args.json_path, result, indent=1)
-        print(f"wrote {args.json_path}")
+        print(f"wrote {args.json_path}" + (f" (the earlier result is now {kept})" if kept else ""))
     return 0
 
 
 def cmd_profile(args) -> int:
+    from unixkd.training.files import check_output_folder
     from unixkd.training.measure.profile import format_table, profile
     from unixkd.training.measure.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
+    check_output_folder(args.out, "--out")
     result = profile(
         cfg,
         selector=args.selector,

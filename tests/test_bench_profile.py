@@ -429,3 +429,33 @@ def test_bench_fused_rows_replay_graphs_without_eager_fallbacks(tmp_path, teache
         assert all(not n for n in rows[name]["eager_fallbacks"].values()), rows[name]["eager_fallbacks"]
     assert r["p2"]["fused_mode"] == "graph" and r["p2"]["fused_fallbacks"] == 0
     assert set(r["teacher_forward"]["median_ms"]) | set(r["teacher_forward"]["errors"]) == {"eager", "graph", "compile"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# where the results go: a wrong place is refused before the timing, a rerun keeps the earlier result
+
+
+def test_results_into_the_wrong_kind_of_path_are_refused_before_anything_is_timed(tmp_path, teacher_ckpt, capsys):
+    args = synthetic_args(tmp_path, teacher_ckpt)
+    args[args.index("--json") + 1] = str(tmp_path)  # a folder where a file goes
+    assert launch.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--json {tmp_path}: is a folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    profile = ["profile", "--config", DEMO, "--data", "synthetic", "--out", str(a_file), "model.num_classes=10"]
+    assert launch.main([*profile, f"model.teacher_checkpoint={teacher_ckpt}"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and a_file.read_text() == "mine"
+
+
+def test_a_rerun_into_the_same_result_file_keeps_the_earlier_one(tmp_path, teacher_ckpt, capsys):
+    args = synthetic_args(tmp_path, teacher_ckpt, "--selectors", "kd", "--teacher-modes", "none")
+    assert launch.main(args) == 0
+    first = json.loads((tmp_path / "bench.json").read_text())
+    assert launch.main(args) == 0
+    kept = [p for p in tmp_path.glob("bench.*.json")]
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == first  # the first result, untouched
+    assert f"the earlier result is now {kept[0]}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bench.json").read_text())["kind"] == "unixkd bench"  # the new one in its place

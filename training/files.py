@@ -56,15 +56,39 @@ def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
     return path
 
 
-def check_writable_file(path: str | Path, what: str) -> Path:
+def check_writable_file(path: str | Path, what: str, example: str = "clean.txt") -> Path:
     """Before expensive work: `path` can be created or replaced as a file (not a folder, parent exists and is
     writable). Raises a one-line UserError naming `what` (e.g. '--write-clean-list')."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise UserError(f"{what} {path}: is a folder; give a file name (e.g. {p / 'clean.txt'})")
+        raise UserError(f"{what} {path}: is a folder; give a file name (e.g. {p / example})")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{what} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UserError(f"{what} {path}: not writable")
     return p
+
+
+def check_output_folder(path: str | Path, what: str) -> Path:
+    """Before expensive work: `path` is a folder or can be made one (it is not a file). One-line UserError."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {path}: is a file, not a folder; give a folder for the results")
+    return p
+
+
+def keep_previous(path: str | Path) -> Path | None:
+    """A result file about to be replaced moves aside, beside it, as `<name>.<UTC time><suffix>`: a measurement
+    written earlier is never lost to a rerun into the same place. Returns where it went (None: nothing there)."""
+    import time
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(p.stat().st_mtime))
+    target, n = p.with_name(f"{p.stem}.{stamp}{p.suffix}"), 1
+    while target.exists():  # two results within one second
+        target, n = p.with_name(f"{p.stem}.{stamp}-{n}{p.suffix}"), n + 1
+    os.replace(p, target)
+    return target

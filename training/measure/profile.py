@@ -36,7 +36,7 @@ from ..cost import flop_counter
 from ..distributed import make_accelerator
 from ..errors import UserError
 from ..fastpath import eager_step, step_modes
-from ..files import atomic_write_json, save_figure
+from ..files import atomic_write_json, keep_previous, save_figure
 from .timing import (
     Clock,
     build_timed_run,
@@ -195,6 +195,9 @@ def profile(
     ms = _time_phases(step, run, batches, device, fused, phases_used, warmup, steps)
     args = {"steps": steps, "warmup": warmup, "fast_path": fast_path, "data": data}
     result = _record(cfg, accelerator, run, num_classes, method, step, calibrated, flops, ms, note, args)
+    kept = [k for k in (keep_previous(out / name) for name in ("profile.json", "profile.png")) if k is not None]
+    if kept:  # a rerun into the same folder keeps the earlier result beside the new one
+        print(f"the earlier profile is now {', '.join(str(k) for k in kept)}")
     atomic_write_json(out / "profile.json", result, indent=1)
     try:
         plot(result, out / "profile.png")
