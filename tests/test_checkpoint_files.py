@@ -521,7 +521,7 @@ def test_config_keys():
 
 
 def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
-    from unixkd.training import trainer
+    from unixkd.training import build
 
     seen = {}
 
@@ -538,12 +538,12 @@ def test_build_run_passes_the_keys_to_the_teacher(monkeypatch):
         def print(self, *a):
             pass
 
-    monkeypatch.setattr(trainer, "create_model", fake)
+    monkeypatch.setattr(build, "create_model", fake)
     cfg = load_config(
         None, [*NEEDED, "model.teacher_weights=ema", "model.trust_checkpoint=true", "model.student=test_resnet"]
     )
     with pytest.raises(Stop):
-        trainer.build_run(cfg, Acc(), 5, 10)
+        build.build_run(cfg, Acc(), 5, 10)
     assert seen["weights"] == "ema" and seen["trust"] is True and seen["checkpoint"] == "x.pth"
 
 
