@@ -382,13 +382,17 @@ def cmd_cost(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from unixkd.training.errors import UserError
     from unixkd.training.files import atomic_write_json, check_writable_file, keep_previous
     from unixkd.training.measure.bench import bench, format_table
     from unixkd.training.measure.timing import load_timing_config
 
     cfg = load_timing_config(args.config, args.overrides, args.data)
     if args.json_path:  # before the timing, not after it
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file where a folder of the path goes
+            raise UserError(f"--json {args.json_path}: a part of its folder path is a file") from None
         check_writable_file(args.json_path, "--json", example="bench.json")
     selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
     result = bench(

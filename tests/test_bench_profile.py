@@ -445,6 +445,10 @@ def test_results_into_the_wrong_kind_of_path_are_refused_before_anything_is_time
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
+    args[args.index("--json") + 1] = str(a_file / "bench.json")  # a file where a folder of the path goes
+    assert launch.main(args) == 2
+    assert "a part of its folder path is a file" in capsys.readouterr().err
+    a_file.write_text("mine")
     profile = ["profile", "--config", DEMO, "--data", "synthetic", "--out", str(a_file), "model.num_classes=10"]
     assert launch.main([*profile, f"model.teacher_checkpoint={teacher_ckpt}"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and a_file.read_text() == "mine"

@@ -9,9 +9,9 @@ and the activations' gradients wherever they are needed, as in a training step).
     UNIX:   E_unix = k·F_t + (N + k)·F_s + k·B_s      (the extra no-grad scoring forward on all N)
 
 The arithmetic on these sums (each method's fraction of KD, the conventions, the k for a budget) lives in
-training/budget.py. Two conventions everywhere: `paper` counts a backward as one forward (B_s := F_s), which reproduces the
-published percentages; `measured` uses the counted B_s (about 2·F_s; a little less, because the stem
-convolution needs no input gradient).
+training/budget.py. Two conventions everywhere: `paper` counts a backward as one forward (B_s := F_s), which
+reproduces the published percentages; `measured` uses the counted B_s (about 2·F_s; a little less, because the
+stem convolution needs no input gradient).
 
 FlopCounterMode counts the weight gradient of a grouped convolution as if the convolution were dense (a
 64-channel depthwise conv's backward comes out at 65x its forward); `conv_backward_flop` below is the
