@@ -84,6 +84,34 @@ def make_image(photos: list[Image.Image], rng: np.random.Generator, size: int) -
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
+def _write_images(out: Path, photos, classes: int, per_class: dict, seed: int, size: int, quality: int):
+    """Every image of every split and class, each from its own seeded generator; their byte sizes and (w, h)."""
+    sizes, dims = [], []
+    for s, split in enumerate(SPLITS):
+        for c in range(classes):
+            folder = out / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class[split]):
+                image = make_image(photos, np.random.default_rng([seed, s, c, i]), size)
+                path = folder / f"n{c:08d}_{split}_{i}.JPEG"
+                # baseline (not progressive) 4:2:0 like most of ImageNet: what the hardware decoder takes
+                image.save(path, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
+                sizes.append(path.stat().st_size)
+                dims.append(image.size)
+    return sizes, dims
+
+
+def _byte_stats(sizes: list[int]) -> dict:
+    return {
+        "mean": float(np.mean(sizes)),
+        "min": int(np.min(sizes)),
+        "max": int(np.max(sizes)),
+        "p5": float(np.percentile(sizes, 5)),
+        "p95": float(np.percentile(sizes, 95)),
+        "total": int(np.sum(sizes)),
+    }
+
+
 def build(
     out: Path,
     *,
@@ -97,20 +125,8 @@ def build(
 ) -> dict:
     """Write the folder and its manifest; return the manifest."""
     named = source_photos(photos_dir)
-    photos = [image for _, image in named]
     per_class = {"train": train_per_class, "val": val_per_class}
-    sizes, dims = [], []
-    for s, split in enumerate(SPLITS):
-        for c in range(classes):
-            folder = out / split / f"n{c:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class[split]):
-                image = make_image(photos, np.random.default_rng([seed, s, c, i]), size)
-                path = folder / f"n{c:08d}_{split}_{i}.JPEG"
-                # baseline (not progressive) 4:2:0 like most of ImageNet: what the hardware decoder takes
-                image.save(path, "JPEG", quality=quality, subsampling="4:2:0", optimize=False, progressive=False)
-                sizes.append(path.stat().st_size)
-                dims.append(image.size)
+    sizes, dims = _write_images(out, [image for _, image in named], classes, per_class, seed, size, quality)
     manifest = {
         "generator": GENERATOR,
         "seed": seed,
@@ -119,14 +135,7 @@ def build(
         "counts": {split: classes * per_class[split] for split in SPLITS},
         "long_side": size,
         "quality": quality,
-        "bytes": {
-            "mean": float(np.mean(sizes)),
-            "min": int(np.min(sizes)),
-            "max": int(np.max(sizes)),
-            "p5": float(np.percentile(sizes, 5)),
-            "p95": float(np.percentile(sizes, 95)),
-            "total": int(np.sum(sizes)),
-        },
+        "bytes": _byte_stats(sizes),
         "mean_width": float(np.mean([w for w, _ in dims])),
         "mean_height": float(np.mean([h for _, h in dims])),
         "sources": [

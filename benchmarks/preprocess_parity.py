@@ -252,7 +252,7 @@ def differences(ours: list[np.ndarray], reference: list[np.ndarray], names: list
     return {"per_photo": rows, "total": total}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI mode")
     parser.add_argument("--size", type=int, default=224, help="crop size (data.image_size)")
@@ -271,7 +271,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which code was measured)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_rows(result: dict, device: str, reference: str) -> None:
+    """One line per photo and probe, then the total."""
+    for row in result["per_photo"] + [dict(r, photo=r["photo"] + " (probe)") for r in result["probes"]]:
+        if "error" in row:
+            print(f"{row['photo']:34s} {row['error']}")
+        else:
+            print(
+                f"{row['photo']:34s} mean {row['mean_abs']:.5f}  max {row['max_abs']:.4f}  "
+                f">0.1 {row['share_over_0.1']:.4f}"
+            )
+    t = result["total"]
+    print(
+        f"total over {t['photos']} photos ({device}, {reference}): mean {t['mean_abs']:.5f}  max "
+        f"{t['max_abs']:.4f}  >0.1 {t['share_over_0.1']:.4f}"
+        + (f"  shape errors {t['shape_errors']}" if t["shape_errors"] else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     paths = make_photos(args.photos, photos_dir=args.sources)
     probes = make_photos(args.photos / "probes", PROBES, photos_dir=args.sources)
@@ -304,20 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": {"settings": settings or "DaliLoader defaults", "decided_by": decided_by},
         **result,
     }
-    for row in result["per_photo"] + [dict(r, photo=r["photo"] + " (probe)") for r in result["probes"]]:
-        if "error" in row:
-            print(f"{row['photo']:34s} {row['error']}")
-        else:
-            print(
-                f"{row['photo']:34s} mean {row['mean_abs']:.5f}  max {row['max_abs']:.4f}  "
-                f">0.1 {row['share_over_0.1']:.4f}"
-            )
-    t = result["total"]
-    print(
-        f"total over {t['photos']} photos ({args.device}, {reference}): mean {t['mean_abs']:.5f}  max "
-        f"{t['max_abs']:.4f}  >0.1 {t['share_over_0.1']:.4f}"
-        + (f"  shape errors {t['shape_errors']}" if t["shape_errors"] else "")
-    )
+    _print_rows(result, args.device, reference)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")
