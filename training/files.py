@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,8 +82,6 @@ def check_output_folder(path: str | Path, what: str) -> Path:
 def keep_previous(path: str | Path) -> Path | None:
     """A result file about to be replaced moves aside, beside it, as `<name>.<UTC time><suffix>`: a measurement
     written earlier is never lost to a rerun into the same place. Returns where it went (None: nothing there)."""
-    import time
-
     p = Path(path)
     if not p.is_file():
         return None

@@ -1,4 +1,5 @@
-"""`launch.py cost`: the docs/algorithms.md §1 cost model for a named teacher/student pair (or a given F_t/F_s ratio)."""
+"""`launch.py cost`: the docs/algorithms.md §1 cost model for a named teacher/student pair, or a given F_t/F_s
+ratio."""
 
 from __future__ import annotations
 
